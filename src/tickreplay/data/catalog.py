@@ -8,9 +8,22 @@ digest is the other half).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
+
+from tickreplay.data.errors import EmptyPlanError
+from tickreplay.data.schema import parse_partition_key, validate_symbol
+from tickreplay.data.store import ObjectInfo, ObjectStore, sha256_file
+
+# HEAD requests are latency-bound; a few in flight make planning thousands of S3 partitions
+# take seconds instead of minutes, without hammering a small server.
+_HEAD_THREADS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +82,85 @@ def fingerprint(partitions: tuple[Partition, ...] | list[Partition]) -> str:
     for p in sorted(partitions, key=lambda p: (p.symbol, p.date)):
         h.update(f"{p.key}\t{p.size}\t{p.sha256}\n".encode())
     return h.hexdigest()
+
+
+def list_partitions(store: ObjectStore) -> list[Partition]:
+    """Every partition of the catalog, sorted by (symbol, date), from one listing.
+
+    ``sha256`` is whatever the listing knows, often ``""``: listing is for humans
+    (``tickreplay data ls``) and must not download the catalog. Plans use :func:`plan_data`.
+    """
+    parts = []
+    for info in store.list("ticks/"):
+        parsed = parse_partition_key(info.key)
+        if parsed:
+            parts.append(Partition(parsed[0], parsed[1], info.key, info.size, info.sha256 or ""))
+    return sorted(parts, key=lambda p: (p.symbol, p.date))
+
+
+def plan_data(
+    store: ObjectStore, symbols: Iterable[str], start: dt.date | str, end: dt.date | str
+) -> DataPlan:
+    """The partitions of ``symbols`` dated within ``[start, end]`` (inclusive), with sha256s.
+
+    The sha256 comes from the object's metadata when the writer recorded it, otherwise it is
+    computed from the bytes (local files, or objects uploaded by foreign tools), because a
+    fingerprint must name content, not just sizes. Symbols without data in range are planned
+    as they are (a backtest may legitimately span a listing date).
+
+    Raises:
+        ValueError: No symbols, an invalid symbol or date, or ``start > end``.
+        EmptyPlanError: Nothing at all matched.
+    """
+    syms = sorted({validate_symbol(s) for s in symbols})
+    if not syms:
+        raise ValueError("no symbols given")
+    first, last = _as_date(start), _as_date(end)
+    if first > last:
+        raise ValueError(f"start {first} is after end {last}")
+    lo, hi = first.isoformat(), last.isoformat()
+
+    found: list[tuple[str, str, ObjectInfo]] = []
+    for sym in syms:
+        for info in store.list(f"ticks/symbol={sym}/"):
+            parsed = parse_partition_key(info.key)
+            if parsed and parsed[0] == sym and lo <= parsed[1] <= hi:
+                found.append((sym, parsed[1], info))
+    if not found:
+        raise EmptyPlanError(
+            f"no partitions in {store.url} for symbols {','.join(syms)} between {lo} and {hi}"
+        )
+    with ThreadPoolExecutor(max_workers=_HEAD_THREADS) as pool:
+        parts = list(pool.map(lambda f: _resolve(store, *f), found))
+    parts.sort(key=lambda p: (p.symbol, p.date))
+    return DataPlan(store.url, tuple(syms), lo, hi, tuple(parts), fingerprint(parts))
+
+
+def _as_date(value: dt.date | str) -> dt.date:
+    if isinstance(value, dt.datetime):
+        raise TypeError(f"expected a date, got the datetime {value!r}")
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"invalid date {value!r}: use YYYY-MM-DD") from None
+
+
+def _resolve(store: ObjectStore, symbol: str, date: str, listed: ObjectInfo) -> Partition:
+    """The partition with its size and sha256, as HEAD reports them or hashed from the bytes."""
+    info = store.head(listed.key)
+    if info is None:
+        raise FileNotFoundError(f"{store.url}/{listed.key} was listed but is gone")
+    sha = info.sha256 or _hash_object(store, listed.key)
+    return Partition(symbol, date, listed.key, info.size, sha)
+
+
+def _hash_object(store: ObjectStore, key: str) -> str:
+    local = store.local_path(key)
+    if local is not None:
+        return sha256_file(local)
+    with tempfile.TemporaryDirectory(prefix="tickreplay-hash-") as tmp:
+        dest = Path(tmp) / "object"
+        store.download(key, dest)
+        return sha256_file(dest)

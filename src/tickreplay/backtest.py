@@ -1,0 +1,163 @@
+"""Running one backtest: the I/O shell around the pure engine.
+
+plan -> fetch partitions into the node-local cache (sha256-verified) -> stream merged batches ->
+engine -> ResultSet. The same function serves ``tickreplay run`` and the Temporal activity's
+child process; the latter adds checkpoint/stop hooks.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+import tickreplay
+from tickreplay.data.cache import PartitionCache
+from tickreplay.data.catalog import DataPlan, Partition, plan_data
+from tickreplay.data.store import ObjectStore, open_store
+from tickreplay.data.stream import open_tick_stream
+from tickreplay.engine.config import RunConfig
+from tickreplay.engine.core import ENGINE_VERSION, Engine, EngineResult
+from tickreplay.metrics import compute
+from tickreplay.results import ResultSet
+from tickreplay.settings import Settings
+from tickreplay.spec import BacktestSpec
+from tickreplay.strategy.loader import StrategyBundle, bundle_from_spec, load_strategy
+
+TICK_BATCH = 65_536
+VECTOR_BATCH = 262_144
+
+
+@dataclass
+class Progress:
+    """Where a run is: ticks done of the total, and the simulated time reached."""
+
+    ticks_done: int
+    ticks_total: int
+    sim_ts: int
+    elapsed_s: float
+
+
+class StopRequested(Exception):
+    """The caller asked the run to stop (worker shutdown); a final checkpoint was handed over."""
+
+
+def fetch_plan(plan: DataPlan, store: ObjectStore, cache: PartitionCache) -> dict[str, Path]:
+    """Bring every partition of the plan into the cache; returns key -> verified local path."""
+    return {p.key: cache.fetch(store, p) for p in plan.partitions}
+
+
+def count_ticks(paths: dict[str, Path]) -> int:
+    """Total rows of the plan, from Parquet footers only."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths.values())
+
+
+def simulate(
+    bundle: StrategyBundle,
+    params: dict[str, Any],
+    plan: DataPlan,
+    config: RunConfig,
+    resolve: Callable[[Partition], Path],
+    *,
+    ticks_total: int = 0,
+    checkpoint: bytes | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_checkpoint: Callable[[bytes, int], None] | None = None,
+    checkpoint_every_s: float = 30.0,
+    should_stop: Callable[[], bool] | None = None,
+) -> EngineResult:
+    """Drive the engine over the plan's merged stream, from the start or from a checkpoint.
+
+    ``on_checkpoint(blob, ticks_done)`` is called every ``checkpoint_every_s`` seconds of work,
+    and once more before raising :class:`StopRequested` when ``should_stop()`` turns true.
+    """
+    strategy, _ = load_strategy(bundle, params)
+    engine = (Engine.restore(checkpoint, strategy) if checkpoint
+              else Engine(strategy, plan.symbols, config))
+    engine.start()
+    columns = ["price", "size", *(c for c in strategy.columns if c not in ("price", "size", "ts"))]
+    stream = open_tick_stream(plan, columns, resolve,
+                              batch_size=VECTOR_BATCH if engine.vectorized else TICK_BATCH,
+                              offsets=engine.offsets())
+    t0 = last_ckpt = time.monotonic()
+    for chunk in stream:
+        engine.feed(chunk)
+        now = time.monotonic()
+        if on_progress is not None:
+            on_progress(Progress(engine.ticks_done, ticks_total, int(chunk.column(0)[-1].as_py()),
+                                 now - t0))
+        if should_stop is not None and should_stop():
+            if on_checkpoint is not None:
+                on_checkpoint(engine.checkpoint(), engine.ticks_done)
+            raise StopRequested(f"stopped after {engine.ticks_done} ticks")
+        if on_checkpoint is not None and now - last_ckpt >= checkpoint_every_s:
+            on_checkpoint(engine.checkpoint(), engine.ticks_done)
+            last_ckpt = time.monotonic()
+    return engine.finish()
+
+
+def inputs_of(bundle: StrategyBundle, spec: BacktestSpec, plan: DataPlan,
+              params: dict[str, Any]) -> dict[str, Any]:
+    """What the result is a function of (hashed): never paths, hosts or times."""
+    return {
+        "strategy_digest": bundle.digest,
+        "strategy_entry": bundle.entry,
+        "strategy_class": bundle.class_name,
+        "data_fingerprint": plan.fingerprint,
+        "symbols": list(plan.symbols),
+        "start": spec.start.isoformat(),
+        "end": spec.end.isoformat(),
+        "params": params,
+        "config": spec.config.model_dump(mode="json"),
+        "engine_version": ENGINE_VERSION,
+        "tickreplay_version": tickreplay.__version__,
+    }
+
+
+def to_resultset(result: EngineResult, inputs: dict[str, Any], config: RunConfig,
+                 run_info: dict[str, Any]) -> ResultSet:
+    """Engine output + metrics + inputs, ready to be written and hashed."""
+    metrics = compute(result.equity, result.trades, initial_equity=config.initial_cash,
+                      exposure_days=result.exposure_days)
+    metrics["ticks"] = result.ticks
+    metrics["open_orders_at_end"] = result.open_orders
+    return ResultSet(trades=result.trades, equity=result.equity, metrics=metrics,
+                     logs=result.logs, inputs=inputs, run_info=run_info)
+
+
+def validated_params(bundle: StrategyBundle, params: dict[str, Any]) -> dict[str, Any]:
+    """The strategy's Params, validated and with defaults filled in (JSON form)."""
+    strategy, _ = load_strategy(bundle, params)
+    return strategy.params.model_dump(mode="json")
+
+
+def run_local(spec: BacktestSpec, settings: Settings, *,
+              on_progress: Callable[[Progress], None] | None = None) -> ResultSet:
+    """``tickreplay run``: plan, cache, simulate in this process, return the ResultSet."""
+    started = time.time()
+    bundle = bundle_from_spec(spec.strategy)
+    params = validated_params(bundle, spec.params)
+    store = open_store(spec.data_url, settings)
+    plan = plan_data(store, spec.symbols, spec.start, spec.end)
+    cache = PartitionCache(settings.resolved_cache_dir(), settings.cache_max_bytes)
+    paths = fetch_plan(plan, store, cache)
+    total = count_ticks(paths)
+    t0 = time.perf_counter()
+    result = simulate(bundle, params, plan, spec.config, lambda p: paths[p.key],
+                      ticks_total=total, on_progress=on_progress)
+    elapsed = time.perf_counter() - t0
+    run_info = {
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "started_at": started,
+        "sim_seconds": round(elapsed, 3),
+        "ticks_per_s": round(result.ticks / elapsed) if elapsed > 0 else None,
+        "data_url": spec.data_url,
+        "strategy": spec.strategy,
+    }
+    return to_resultset(result, inputs_of(bundle, spec, plan, params), spec.config, run_info)
