@@ -39,18 +39,26 @@ class SmaCrossVectorized(Strategy):
         symbol = batch.schema.metadata[b"symbol"].decode()
         fast, slow, qty = self.params.fast, self.params.slow, self.params.qty
         tail, seen, target0 = self.state.get(symbol, (np.empty(0, np.int64), 0, 0.0))
-        c = np.rint(batch.column("price").to_numpy() * SCALE).astype(np.int64)
-        x = np.concatenate([tail, c])
-        cs = np.zeros(len(x) + 1, dtype=np.int64)
+        price = batch.column("price").to_numpy()
+        n, m = len(price), len(tail)
+        x = np.empty(m + n, dtype=np.int64)
+        x[:m] = tail
+        x[m:] = np.rint(price * SCALE)
+        cs = np.zeros(m + n + 1, dtype=np.int64)  # cs[e] = sum of x[:e]
         np.cumsum(x, out=cs[1:])
-        k = np.arange(len(tail), len(x))  # position of each batch row in x
-        valid = (seen + np.arange(1, len(c) + 1)) >= slow
-        kv = k[valid] + 1
-        d = (cs[kv] - cs[kv - fast]) * slow - (cs[kv] - cs[kv - slow]) * fast
-        sig = np.full(len(c), np.nan)
-        sig[valid] = np.where(d > 0, qty, np.where(d < 0, -qty, np.nan))
-        has = ~np.isnan(sig)
-        last = np.maximum.accumulate(np.where(has, np.arange(len(c)), -1))
-        target = np.where(last >= 0, sig[np.maximum(last, 0)], target0)
-        self.state[symbol] = (x[-(slow - 1):].copy(), seen + len(c), float(target[-1]))
+        first = max(0, slow - 1 - seen)  # first row with a full slow window
+        target = np.empty(n)
+        target[:first] = target0
+        if first < n:
+            end = cs[m + first + 1:]  # window ends, one per valid row
+            fast_sum = end - cs[m + first + 1 - fast:m + n + 1 - fast]
+            slow_sum = end - cs[m + first + 1 - slow:m + n + 1 - slow]
+            sign = np.sign(fast_sum * slow - slow_sum * fast)
+            valid = target[first:]
+            np.multiply(sign, qty, out=valid)
+            if not sign.all():  # equal means: keep the previous target (forward fill)
+                prev = target0 if first == 0 else target[first - 1]
+                src = np.maximum.accumulate(np.where(sign != 0, np.arange(len(sign)), -1))
+                valid[:] = np.where(src >= 0, valid[np.maximum(src, 0)], prev)
+        self.state[symbol] = (x[-(slow - 1):].copy(), seen + n, float(target[-1]))
         return target

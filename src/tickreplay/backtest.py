@@ -8,11 +8,13 @@ child process; the latter adds checkpoint/stop hooks.
 from __future__ import annotations
 
 import platform
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 
@@ -29,6 +31,7 @@ from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.strategy.loader import StrategyBundle, bundle_from_spec, load_strategy
 
+T = TypeVar("T")
 TICK_BATCH = 65_536
 VECTOR_BATCH = 262_144
 
@@ -57,6 +60,45 @@ def count_ticks(paths: dict[str, Path]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in paths.values())
 
 
+def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Produce ``items`` from a background thread, ``depth`` ahead of the consumer.
+
+    Parquet decoding releases the GIL, so reading batch k+1 overlaps simulating batch k on a
+    second core. Order is preserved and errors are re-raised in the consumer at the point
+    where the failing item would have been.
+    """
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(("error", e))
+
+    thread = threading.Thread(target=work, name="tickreplay-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
 def simulate(
     bundle: StrategyBundle,
     params: dict[str, Any],
@@ -81,9 +123,9 @@ def simulate(
               else Engine(strategy, plan.symbols, config))
     engine.start()
     columns = ["price", "size", *(c for c in strategy.columns if c not in ("price", "size", "ts"))]
-    stream = open_tick_stream(plan, columns, resolve,
-                              batch_size=VECTOR_BATCH if engine.vectorized else TICK_BATCH,
-                              offsets=engine.offsets())
+    stream = prefetch(open_tick_stream(plan, columns, resolve,
+                                       batch_size=VECTOR_BATCH if engine.vectorized else TICK_BATCH,
+                                       offsets=engine.offsets()))
     t0 = last_ckpt = time.monotonic()
     for chunk in stream:
         engine.feed(chunk)

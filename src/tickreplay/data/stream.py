@@ -25,6 +25,8 @@ _IMPLICIT = frozenset({"ts", "sym", "symbol"})
 
 Resolver = Callable[[Partition], Path]
 
+_READ_BUFFER = 1 << 20
+
 
 def open_partition(path: Path, key: str | None = None) -> pq.ParquetFile:
     """Open one partition with page checksum verification.
@@ -40,8 +42,11 @@ def open_partition(path: Path, key: str | None = None) -> pq.ParquetFile:
     name = key or str(path)
     try:
         # pre_buffer pays off on high-latency filesystems only; on the local files read here it
-        # just holds a whole row group's compressed bytes on top of the decoded batches.
-        return pq.ParquetFile(path, page_checksum_verification=True, pre_buffer=False)
+        # holds whole row groups' compressed bytes, as does the default unbuffered column
+        # reader: a 1 MiB read buffer keeps memory per symbol near one page per column.
+        return pq.ParquetFile(
+            path, page_checksum_verification=True, pre_buffer=False, buffer_size=_READ_BUFFER
+        )
     except FileNotFoundError as e:
         raise DataError(f"partition {name} not found at {path}") from e
     except (pa.ArrowException, OSError) as e:

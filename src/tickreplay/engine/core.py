@@ -195,12 +195,15 @@ class Engine:
         n = chunk.num_rows if limit is None else min(limit, chunk.num_rows)
         if n <= 0:
             return 0
+        if len(self.symbols) == 1:
+            counts = np.array([n])
+        else:
+            counts = np.bincount(chunk.column(1).to_numpy()[:n], minlength=len(self.symbols))
         if self.vectorized:
-            self._feed_vector(chunk, n)
+            self._feed_vector(chunk, n, counts)
         else:
             self._feed_ticks(chunk, n)
-        sym = chunk.column(1).to_numpy()[:n]
-        for s, c in enumerate(np.bincount(sym, minlength=len(self.symbols)).tolist()):
+        for s, c in enumerate(counts.tolist()):
             self.consumed[s] += c
         self.ticks_done += n
         return n
@@ -356,14 +359,12 @@ class Engine:
             ) from e
 
     # ------------------------------------------------------------------ vectorised path
-    def _feed_vector(self, chunk: pa.RecordBatch, n: int) -> None:
+    def _feed_vector(self, chunk: pa.RecordBatch, n: int, counts: np.ndarray) -> None:
         names = chunk.schema.names
         ts = chunk.column(0).to_numpy()[:n]
         sym = chunk.column(1).to_numpy()[:n]
         price = chunk.column(names.index("price")).to_numpy()[:n]
         view = chunk.slice(0, n).select([c for c in names if c != "sym"])
-        nsym = len(self.symbols)
-        counts = np.bincount(sym, minlength=nsym)
         lat = self.config.latency_ns
 
         sub_idx: dict[int, np.ndarray | None] = {}
@@ -433,23 +434,33 @@ class Engine:
                     self._carried[s].append((oid, q, sub_t + lat, sub_t))
 
         # Day boundaries inside the chunk (positions of the first row of each new day).
-        days = ts // DAY_NS
-        bounds = (np.flatnonzero(days[1:] != days[:-1]) + 1).tolist()
-        if self._day is None or int(days[0]) != self._day:
-            bounds.insert(0, 0)
-        order = sorted(range(len(f_gpos)), key=lambda i: (f_gpos[i], f_oid[i]))
+        # Day boundaries inside the chunk: ts is sorted, so binary search from day to day.
+        bounds: list[int] = []
+        first_day, last_day = int(ts[0]) // DAY_NS, int(ts[-1]) // DAY_NS
+        if self._day is None or first_day != self._day:
+            bounds.append(0)
+        for day in range(first_day + 1, last_day + 1):
+            b = int(np.searchsorted(ts, day * DAY_NS, side="left"))
+            if b < n and (not bounds or b != bounds[-1]):
+                bounds.append(b)
         pf = self.portfolio
         slip = self._slip
         bi = 0
+        if f_gpos:
+            order = np.lexsort((np.asarray(f_oid), np.asarray(f_gpos))).tolist()
+            fill_px = price[f_gpos].tolist()
+            fill_ts = ts[f_gpos].tolist()
+        else:
+            order = fill_px = fill_ts = []
         for i in order:
             g = f_gpos[i]
             while bi < len(bounds) and bounds[bi] <= g:
                 self._vector_roll(bounds[bi], ts, price, sub_idx)
                 bi += 1
             s = f_sym[i]
-            p = float(price[g])
+            p = fill_px[i]
             pf.last[s] = p
-            t = int(ts[g])
+            t = fill_ts[i]
             qty = f_qty[i]
             px = p * (1.0 + slip) if qty > 0.0 else p * (1.0 - slip)
             self._tick.ts = t

@@ -1,0 +1,36 @@
+# tickreplay: `make demo` runs a real backtest end to end; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TR     := $(VENV)/bin/tickreplay
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-unit bench demo chaos lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null)) || true; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-unit: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+
+bench: setup
+	$(PY) benchmarks/bench_engine.py
+
+demo: setup
+	$(PY) -m tickreplay.demo
+
+lint: setup
+	$(VENV)/bin/ruff check src tests examples benchmarks
+
+clean:
+	rm -rf demo-data demo-results bench-results .pytest_cache
