@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from tickreplay.data.schema import validate_symbol
 from tickreplay.engine.config import RunConfig
@@ -42,11 +42,13 @@ class BacktestSpec(BaseModel):
             validate_symbol(s)
         return tuple(sorted(set(v)))
 
-    @model_validator(mode="after")
-    def _dates(self) -> BacktestSpec:
-        if self.start > self.end:
-            raise ValueError(f"start {self.start} is after end {self.end}")
-        return self
+    @field_validator("end")
+    @classmethod
+    def _dates(cls, end: dt.date, info: ValidationInfo) -> dt.date:
+        start = info.data.get("start")
+        if start is not None and start > end:
+            raise ValueError(f"end {end} is before start {start}")
+        return end
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> BacktestSpec:

@@ -8,6 +8,7 @@ is an error), nulls are not dropped, and bad prices are not clipped.
 from __future__ import annotations
 
 import hashlib
+from decimal import Decimal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -33,6 +34,8 @@ _NS_PER_DAY = 86_400 * 1_000_000_000
 # below 1e14 milliseconds, below 1e17 microseconds, else nanoseconds.
 _AUTO_LIMITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
 _OFFSET_RE = r"(?:Z|[+-]\d\d:?\d\d)$"
+# Text epochs with a fraction: 31 integer digits cover ns epochs, 9 decimals cover ns of seconds.
+_EPOCH_DECIMAL = pa.decimal256(40, 9)
 
 
 class IngestError(DataError):
@@ -140,7 +143,7 @@ def _reject_nulls(col: pa.ChunkedArray, where: str, name: str) -> None:
 def _reject_rows(bad: np.ndarray, values: np.ndarray, where: str, name: str, rule: str) -> None:
     hits = np.flatnonzero(bad)
     if hits.size:
-        raise _fail_at(int(hits[0]), where, name, f"{rule}, got {values[hits[0]]!r}")
+        raise _fail_at(int(hits[0]), where, name, f"{rule}, got {values[hits[0]].item()!r}")
 
 
 def _as_float(col: pa.ChunkedArray, where: str, name: str) -> np.ndarray:
@@ -166,23 +169,38 @@ def _timestamps_ns(col: pa.ChunkedArray, unit: TsUnit, tz: str, where: str, name
             series = _localize(series, tz, where, name)
         return _utc_ns(series)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        for numeric_type in (pa.int64(), pa.float64()):
-            try:
-                col = col.cast(numeric_type)
-                break
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                continue
-        else:
+        try:
+            return _epoch_ns(col.cast(pa.int64()).to_numpy(), unit, where, name)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        try:
+            return _decimal_epoch_ns(col.cast(_EPOCH_DECIMAL), unit, where, name)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             return _parse_datetime_strings(col, tz, where, name)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
         return _epoch_ns(col.to_numpy(), unit, where, name)
     raise IngestError(f"{where}: column {name!r} has type {col.type}, expected timestamps")
 
 
+def _resolve_unit(magnitude: float, unit: TsUnit) -> str:
+    if unit != "auto":
+        return unit
+    return next((u for limit, u in _AUTO_LIMITS if magnitude < limit), "ns")
+
+
+def _decimal_epoch_ns(values: pa.ChunkedArray, unit: TsUnit, where: str, name: str) -> np.ndarray:
+    """Fractional epochs in text, scaled exactly: float64 would lose up to 256 ns at today's epochs."""
+    unit = _resolve_unit(float(pc.max(pc.abs(values)).as_py()), unit)
+    factor = pa.scalar(Decimal(_NS_PER_UNIT[unit]), pa.decimal256(10, 0))
+    scaled = pc.round(pc.multiply(values, factor), ndigits=0, round_mode="half_to_even")
+    try:
+        return scaled.cast(pa.int64()).to_numpy()
+    except pa.ArrowInvalid as e:
+        raise IngestError(f"{where}: column {name!r}: timestamps out of range for unit {unit}") from e
+
+
 def _epoch_ns(values: np.ndarray, unit: TsUnit, where: str, name: str) -> np.ndarray:
-    if unit == "auto":
-        magnitude = float(np.max(np.abs(values)))
-        unit = next((u for limit, u in _AUTO_LIMITS if magnitude < limit), "ns")
+    unit = _resolve_unit(float(np.max(np.abs(values))), unit)
     factor = _NS_PER_UNIT[unit]
     if values.dtype.kind == "f":
         _reject_rows(~np.isfinite(values), values, where, name, "timestamp must be finite")
