@@ -27,7 +27,9 @@ def test_same_arguments_give_byte_identical_files(tmp_path: Path) -> None:
 
 
 def test_returned_partitions_describe_the_written_bytes(tmp_path: Path) -> None:
-    parts = generate(LocalStore(tmp_path), ["AAPL"], "2024-01-05", "2024-01-08", ticks_per_day=100, seed=1)
+    parts = generate(
+        LocalStore(tmp_path), ["AAPL"], "2024-01-05", "2024-01-08", ticks_per_day=100, seed=1
+    )
     # 2024-01-06/07 are a weekend: no partitions for them
     assert [p.date for p in parts] == ["2024-01-05", "2024-01-08"]
     for part in parts:
@@ -37,13 +39,24 @@ def test_returned_partitions_describe_the_written_bytes(tmp_path: Path) -> None:
         assert part.sha256 == hashlib.sha256(data).hexdigest()
 
 
-def test_a_symbols_data_does_not_depend_on_the_other_symbols_or_the_seed_alone(tmp_path: Path) -> None:
-    alone = generate(LocalStore(tmp_path / "a"), ["AAPL"], "2024-01-02", "2024-01-03", ticks_per_day=500, seed=3)
+def test_a_symbols_data_does_not_depend_on_the_other_symbols_or_the_seed_alone(
+    tmp_path: Path,
+) -> None:
+    alone = generate(
+        LocalStore(tmp_path / "a"), ["AAPL"], "2024-01-02", "2024-01-03", ticks_per_day=500, seed=3
+    )
     both = generate(
-        LocalStore(tmp_path / "b"), ["MSFT", "AAPL"], "2024-01-02", "2024-01-03", ticks_per_day=500, seed=3
+        LocalStore(tmp_path / "b"),
+        ["MSFT", "AAPL"],
+        "2024-01-02",
+        "2024-01-03",
+        ticks_per_day=500,
+        seed=3,
     )
     assert [p.sha256 for p in alone] == [p.sha256 for p in both if p.symbol == "AAPL"]
-    other_seed = generate(LocalStore(tmp_path / "c"), ["AAPL"], "2024-01-02", "2024-01-03", ticks_per_day=500, seed=4)
+    other_seed = generate(
+        LocalStore(tmp_path / "c"), ["AAPL"], "2024-01-02", "2024-01-03", ticks_per_day=500, seed=4
+    )
     assert {p.sha256 for p in alone}.isdisjoint(p.sha256 for p in other_seed)
 
 
@@ -51,7 +64,15 @@ def test_a_symbols_data_does_not_depend_on_the_other_symbols_or_the_seed_alone(t
 def quarter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     """Three months across the March DST switch, with quotes."""
     root = tmp_path_factory.mktemp("quarter")
-    parts = generate(LocalStore(root), ["AAPL"], "2024-01-02", "2024-03-29", ticks_per_day=5_000, seed=11, quotes=True)
+    parts = generate(
+        LocalStore(root),
+        ["AAPL"],
+        "2024-01-02",
+        "2024-03-29",
+        ticks_per_day=5_000,
+        seed=11,
+        quotes=True,
+    )
     return root, parts
 
 
@@ -65,8 +86,14 @@ def test_ticks_fall_in_the_new_york_session_across_dst(quarter: tuple[Path, list
         assert first.date().isoformat() == last.date().isoformat() == part.date
         assert dt.time(9, 30) <= first.time() and last.time() < dt.time(16, 0)
     # The session opens at 14:30 UTC in winter and 13:30 UTC after the March switch.
-    assert session_bounds_ns(dt.date(2024, 3, 8))[0] % 86_400_000_000_000 == 14 * 3_600_000_000_000 + 30 * 60_000_000_000
-    assert session_bounds_ns(dt.date(2024, 3, 11))[0] % 86_400_000_000_000 == 13 * 3_600_000_000_000 + 30 * 60_000_000_000
+    assert (
+        session_bounds_ns(dt.date(2024, 3, 8))[0] % 86_400_000_000_000
+        == 14 * 3_600_000_000_000 + 30 * 60_000_000_000
+    )
+    assert (
+        session_bounds_ns(dt.date(2024, 3, 11))[0] % 86_400_000_000_000
+        == 13 * 3_600_000_000_000 + 30 * 60_000_000_000
+    )
 
 
 def test_prices_sizes_and_quotes_have_a_realistic_shape(quarter: tuple[Path, list]) -> None:

@@ -1,4 +1,4 @@
-"""Ingest: any column naming and timestamp format in; validated partitions out; errors name row and column."""
+"""Ingest: any column naming and timestamp format in, validated partitions out, precise errors."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ OPEN_JAN2 = 1_704_205_800 * 1_000_000_000
 
 def utc_ns(*fields: int) -> int:
     """ns since the epoch of a UTC wall time given as (year, month, day, hour, minute)."""
-    return int(dt.datetime(*fields, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000_000
+    return int(dt.datetime(*fields, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
 
 
 def write_csv(path: Path, text: str) -> Path:
@@ -44,8 +44,14 @@ Time,Px,Qty,BidPx,Venue
     )
     store = LocalStore(tmp_path / "cat")
     parts = ingest(
-        src, "AAPL", store, ts_col="Time", price_col="Px", size_col="Qty",
-        columns={"bid": "BidPx", "exchange": "Venue"}, ts_unit="ms",
+        src,
+        "AAPL",
+        store,
+        ts_col="Time",
+        price_col="Px",
+        size_col="Qty",
+        columns={"bid": "BidPx", "exchange": "Venue"},
+        ts_unit="ms",
     )
     # 1704240000000 ms is 2024-01-03 00:00 UTC: the third row opens a new partition.
     assert [p.date for p in parts] == ["2024-01-02", "2024-01-03"]
@@ -80,7 +86,9 @@ def test_naive_datetime_strings_are_read_in_the_given_zone_at_ns_precision(tmp_p
 def test_strings_with_offsets_across_a_dst_switch(tmp_path: Path) -> None:
     rows = ["2024-03-08T09:30:00-05:00", "2024-03-11T09:30:00.5-04:00"]
     src = write_csv(tmp_path / "t.csv", "ts,price,size\n" + "\n".join(f"{r},10,1" for r in rows))
-    parts = ingest(src, "X", LocalStore(tmp_path / "c"), tz="Asia/Tokyo")  # tz ignored: offsets given
+    parts = ingest(
+        src, "X", LocalStore(tmp_path / "c"), tz="Asia/Tokyo"
+    )  # tz ignored: offsets given
     got = [read(tmp_path / "c", p.key).column("ts")[0].as_py() for p in parts]
     assert got == [utc_ns(2024, 3, 8, 14, 30), utc_ns(2024, 3, 11, 13, 30) + 500_000_000]
 
@@ -89,7 +97,9 @@ def test_parquet_with_timestamp_type_and_odd_names(tmp_path: Path) -> None:
     src = tmp_path / "in.parquet"
     stamps = pa.array([OPEN_JAN2 // 1000, OPEN_JAN2 // 1000 + 1], pa.timestamp("us", tz="UTC"))
     pq.write_table(pa.table({"Stamp": stamps, "LAST": [5, 6], "VOL": [1.0, 2.0]}), src)
-    parts = ingest(src, "X", LocalStore(tmp_path / "c"), ts_col="Stamp", price_col="LAST", size_col="VOL")
+    parts = ingest(
+        src, "X", LocalStore(tmp_path / "c"), ts_col="Stamp", price_col="LAST", size_col="VOL"
+    )
     t = read(tmp_path / "c", parts[0].key)
     assert t.column("ts").to_pylist() == [OPEN_JAN2, OPEN_JAN2 + 1000]
     assert t.column("price").type == pa.float64()
@@ -116,7 +126,10 @@ def case(row2: str) -> str:
         (f"{OPEN_JAN2 + 1},-3.5,2", r"row 2, column 'price': price must be > 0"),
         (f"{OPEN_JAN2 + 1},11,-1", r"row 2, column 'size': size must be >= 0"),
         (f"{OPEN_JAN2 + 1},eleven,2", r"row 2, column 'price': not a number: 'eleven'"),
-        (f"{OPEN_JAN2 + 5},11,2", r"row 3, column 'ts': timestamp is earlier than the previous row"),
+        (
+            f"{OPEN_JAN2 + 5},11,2",
+            r"row 3, column 'ts': timestamp is earlier than the previous row",
+        ),
     ],
 )
 def test_validation_errors_name_row_and_column(tmp_path: Path, row2: str, message: str) -> None:
@@ -128,14 +141,20 @@ def test_validation_errors_name_row_and_column(tmp_path: Path, row2: str, messag
 
 def test_errors_use_the_source_column_names(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "t.csv", "When,Px,Qty\n2024-01-02 09:30:00,10,1\nnot a time,10,1")
-    with pytest.raises(IngestError, match=r"t.csv: row 2, column 'When': cannot parse 'not a time'"):
+    with pytest.raises(
+        IngestError, match=r"t.csv: row 2, column 'When': cannot parse 'not a time'"
+    ):
         ingest(src, "X", LocalStore(tmp_path / "c"), ts_col="When", price_col="Px", size_col="Qty")
 
 
 def test_missing_column_lists_the_available_ones(tmp_path: Path) -> None:
     src = write_csv(tmp_path / "t.csv", "Time,Px,Qty\n1,2,3")
-    with pytest.raises(IngestError, match=r"'Price' \(for price\) not found.*\['Time', 'Px', 'Qty'\]"):
-        ingest(src, "X", LocalStore(tmp_path / "c"), ts_col="Time", price_col="Price", size_col="Qty")
+    with pytest.raises(
+        IngestError, match=r"'Price' \(for price\) not found.*\['Time', 'Px', 'Qty'\]"
+    ):
+        ingest(
+            src, "X", LocalStore(tmp_path / "c"), ts_col="Time", price_col="Price", size_col="Qty"
+        )
 
 
 def test_non_monotonic_rows_are_an_error_only_within_a_partition(tmp_path: Path) -> None:
@@ -150,7 +169,9 @@ def test_non_monotonic_rows_are_an_error_only_within_a_partition(tmp_path: Path)
 
 
 def test_mixing_naive_and_offset_strings_is_an_error(tmp_path: Path) -> None:
-    src = write_csv(tmp_path / "t.csv", "ts,price,size\n2024-01-02T09:30:00Z,1,1\n2024-01-02T09:30:01,1,1")
+    src = write_csv(
+        tmp_path / "t.csv", "ts,price,size\n2024-01-02T09:30:00Z,1,1\n2024-01-02T09:30:01,1,1"
+    )
     with pytest.raises(IngestError, match=r"row 2, column 'ts': mixes timestamps"):
         ingest(src, "X", LocalStore(tmp_path / "c"))
 
@@ -164,6 +185,10 @@ def test_unsupported_inputs(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="no data rows"):
         ingest(write_csv(tmp_path / "e.csv", "ts,price,size"), "X", LocalStore(tmp_path / "c"))
     with pytest.raises(IngestError, match="not optional tick columns"):
-        ingest(write_csv(tmp_path / "f.csv", "ts,price,size\n1,1,1"), "X", LocalStore(tmp_path / "c"),
-               columns={"vwap": "ts"})
+        ingest(
+            write_csv(tmp_path / "f.csv", "ts,price,size\n1,1,1"),
+            "X",
+            LocalStore(tmp_path / "c"),
+            columns={"vwap": "ts"},
+        )
     assert issubclass(IngestError, DataError)

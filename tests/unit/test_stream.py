@@ -8,7 +8,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,9 +51,13 @@ def read_all(plan: DataPlan, root: Path, columns: list[str], **kw: object) -> pd
 
 # One symbol's data: sorted timestamps from a tiny range (so ties across symbols are common),
 # cut into up to three partitions.
-symbol_data = st.lists(st.integers(0, 6), max_size=30).map(sorted).flatmap(
-    lambda ts: st.tuples(
-        st.just(ts), st.lists(st.integers(0, len(ts)), min_size=2, max_size=2).map(sorted)
+symbol_data = (
+    st.lists(st.integers(0, 6), max_size=30)
+    .map(sorted)
+    .flatmap(
+        lambda ts: st.tuples(
+            st.just(ts), st.lists(st.integers(0, len(ts)), min_size=2, max_size=2).map(sorted)
+        )
     )
 )
 
@@ -110,7 +113,10 @@ def test_single_symbol_resume_skips_partitions_and_row_groups(tmp_path: Path) ->
         ts = list(range(day * 100, day * 100 + 50))
         parts.append(
             write_partition(
-                tmp_path, "AAA", date, {"ts": ts, "price": [float(t) for t in ts], "size": [1.0] * 50},
+                tmp_path,
+                "AAA",
+                date,
+                {"ts": ts, "price": [float(t) for t in ts], "size": [1.0] * 50},
                 row_group_size=8,
             )
         )
@@ -129,7 +135,10 @@ def test_batches_are_large_not_tiny(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
     parts = generate(store, ["AAA", "BBB"], DATES[0], DATES[0], ticks_per_day=50_000, seed=3)
     plan = make_plan(tmp_path, ["AAA", "BBB"], parts)
-    sizes = [b.num_rows for b in open_tick_stream(plan, ["price"], lambda p: tmp_path / p.key, batch_size=8192)]
+    sizes = [
+        b.num_rows
+        for b in open_tick_stream(plan, ["price"], lambda p: tmp_path / p.key, batch_size=8192)
+    ]
     assert sum(sizes) == 100_000
     assert len(sizes) <= 100_000 // 8192 + 2
 
@@ -148,7 +157,9 @@ def flip_bit_in_column(path: Path, column: str) -> None:
 
 @pytest.fixture()
 def one_day(tmp_path: Path) -> tuple[DataPlan, Path]:
-    parts = generate(LocalStore(tmp_path), ["AAA"], DATES[0], DATES[0], ticks_per_day=20_000, seed=5)
+    parts = generate(
+        LocalStore(tmp_path), ["AAA"], DATES[0], DATES[0], ticks_per_day=20_000, seed=5
+    )
     return make_plan(tmp_path, ["AAA"], parts), tmp_path
 
 
@@ -194,8 +205,12 @@ def test_missing_column_names_partition_and_column(one_day: tuple[DataPlan, Path
 
 
 def test_timestamps_going_back_across_partitions_name_the_partition(tmp_path: Path) -> None:
-    p1 = write_partition(tmp_path, "AAA", DATES[0], {"ts": [5, 6], "price": [1.0, 1.0], "size": [1.0, 1.0]})
-    p2 = write_partition(tmp_path, "AAA", DATES[1], {"ts": [4, 7], "price": [1.0, 1.0], "size": [1.0, 1.0]})
+    p1 = write_partition(
+        tmp_path, "AAA", DATES[0], {"ts": [5, 6], "price": [1.0, 1.0], "size": [1.0, 1.0]}
+    )
+    p2 = write_partition(
+        tmp_path, "AAA", DATES[1], {"ts": [4, 7], "price": [1.0, 1.0], "size": [1.0, 1.0]}
+    )
     plan = make_plan(tmp_path, ["AAA"], [p1, p2])
     with pytest.raises(DataError, match=f"partition {p2.key}: timestamps go backwards"):
         read_all(plan, tmp_path, ["price"])
@@ -237,9 +252,17 @@ def test_memory_is_bounded_by_batches_not_data(tmp_path: Path, symbols: list[str
     plan = make_plan(tmp_path, symbols, parts)
     # A fresh process gives a clean Arrow pool peak; tracemalloc sees the merge's NumPy arrays.
     out = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, json.dumps(plan.to_dict()), str(tmp_path),
-         str(rows_per_symbol)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            _MEMORY_PROBE,
+            json.dumps(plan.to_dict()),
+            str(tmp_path),
+            str(rows_per_symbol),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     probe = json.loads(out.stdout)
     rows = rows_per_symbol * len(symbols)

@@ -55,7 +55,7 @@ def session_bounds_ns(day: dt.date) -> tuple[int, int]:
 
 def _epoch_ns(t: dt.datetime) -> int:
     # Integer arithmetic: going through float seconds would lose nanoseconds.
-    delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+    delta = t - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
@@ -130,7 +130,7 @@ def generate(
     if last < first:
         raise ValueError(f"end {last} is before start {first}")
     written: list[Partition] = []
-    for symbol in sorted(set(validate_symbol(s) for s in symbols)):
+    for symbol in sorted({validate_symbol(s) for s in symbols}):
         rng = _symbol_rng(seed, symbol)
         # The first draw fixes the starting level (20..500) so symbols trade at distinct prices.
         log_price = float(np.log(rng.uniform(20.0, 500.0)))

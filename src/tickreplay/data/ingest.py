@@ -8,8 +8,8 @@ is an error), nulls are not dropped, and bad prices are not clipped.
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -90,7 +90,9 @@ def ingest(
         raise IngestError(f"extra column target(s) {unknown} are not optional tick columns")
     wanted = {"ts": ts_col, "price": price_col, "size": size_col, **extra}
     table = _read(source, ts_col)
-    missing = [f"{src!r} (for {dst})" for dst, src in wanted.items() if src not in table.column_names]
+    missing = [
+        f"{src!r} (for {dst})" for dst, src in wanted.items() if src not in table.column_names
+    ]
     if missing:
         raise IngestError(
             f"{source.name}: column(s) {', '.join(missing)} not found; "
@@ -106,7 +108,11 @@ def ingest(
     _reject_rows(~(np.isfinite(price) & (price > 0)), price, where, price_col, "price must be > 0")
     size = _as_float(table.column(size_col), where, size_col)
     _reject_rows(~(np.isfinite(size) & (size >= 0)), size, where, size_col, "size must be >= 0")
-    arrays: dict[str, pa.Array] = {"ts": pa.array(ts), "price": pa.array(price), "size": pa.array(size)}
+    arrays: dict[str, pa.Array] = {
+        "ts": pa.array(ts),
+        "price": pa.array(price),
+        "size": pa.array(size),
+    }
     for dst, src in extra.items():
         arrays[dst] = _extra_column(table.column(src), TICK_FIELDS[dst], where, src)
     out = pa.Table.from_arrays(list(arrays.values()), schema=schema_for(list(arrays)))
@@ -119,7 +125,9 @@ def _read(source: Path, ts_col: str) -> pa.Table:
         if name.endswith((".csv", ".csv.gz")):
             # ts is read as text so that integer epochs, ISO strings and local times all go
             # through one parser with explicit unit and time zone rules, never pyarrow's guess.
-            opts = pacsv.ConvertOptions(column_types={ts_col: pa.string()}, strings_can_be_null=True)
+            opts = pacsv.ConvertOptions(
+                column_types={ts_col: pa.string()}, strings_can_be_null=True
+            )
             return pacsv.read_csv(source, convert_options=opts)
         if name.endswith((".parquet", ".pq")):
             return pq.read_table(source)
@@ -148,18 +156,26 @@ def _reject_rows(bad: np.ndarray, values: np.ndarray, where: str, name: str, rul
 
 def _as_float(col: pa.ChunkedArray, where: str, name: str) -> np.ndarray:
     """A numeric or numeric-text column as float64; text that is not a number names its row."""
-    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_decimal(col.type):
+    if (
+        pa.types.is_integer(col.type)
+        or pa.types.is_floating(col.type)
+        or pa.types.is_decimal(col.type)
+    ):
         return col.cast(pa.float64()).to_numpy()
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         numbers = pd.to_numeric(pd.Series(col.to_numpy(zero_copy_only=False)), errors="coerce")
-        bad = np.flatnonzero(numbers.isna().to_numpy() & ~col.is_null().to_numpy(zero_copy_only=False))
+        bad = np.flatnonzero(
+            numbers.isna().to_numpy() & ~col.is_null().to_numpy(zero_copy_only=False)
+        )
         if bad.size:
             raise _fail_at(int(bad[0]), where, name, f"not a number: {col[int(bad[0])].as_py()!r}")
         return numbers.to_numpy(dtype=np.float64)
     raise IngestError(f"{where}: column {name!r} has type {col.type}, expected numbers")
 
 
-def _timestamps_ns(col: pa.ChunkedArray, unit: TsUnit, tz: str, where: str, name: str) -> np.ndarray:
+def _timestamps_ns(
+    col: pa.ChunkedArray, unit: TsUnit, tz: str, where: str, name: str
+) -> np.ndarray:
     """int64 ns since the epoch, UTC, from any supported timestamp representation."""
     if unit not in ("auto", *_NS_PER_UNIT):
         raise IngestError(f"ts_unit must be one of ns, us, ms, s, auto; got {unit!r}")
@@ -189,14 +205,16 @@ def _resolve_unit(magnitude: float, unit: TsUnit) -> str:
 
 
 def _decimal_epoch_ns(values: pa.ChunkedArray, unit: TsUnit, where: str, name: str) -> np.ndarray:
-    """Fractional epochs in text, scaled exactly: float64 would lose up to 256 ns at today's epochs."""
+    """Fractional epochs in text, scaled exactly (float64 loses up to 256 ns at today's epochs)."""
     unit = _resolve_unit(float(pc.max(pc.abs(values)).as_py()), unit)
     factor = pa.scalar(Decimal(_NS_PER_UNIT[unit]), pa.decimal256(10, 0))
     scaled = pc.round(pc.multiply(values, factor), ndigits=0, round_mode="half_to_even")
     try:
         return scaled.cast(pa.int64()).to_numpy()
     except pa.ArrowInvalid as e:
-        raise IngestError(f"{where}: column {name!r}: timestamps out of range for unit {unit}") from e
+        raise IngestError(
+            f"{where}: column {name!r}: timestamps out of range for unit {unit}"
+        ) from e
 
 
 def _epoch_ns(values: np.ndarray, unit: TsUnit, where: str, name: str) -> np.ndarray:
@@ -218,9 +236,7 @@ def _parse_datetime_strings(col: pa.ChunkedArray, tz: str, where: str, name: str
     has_offset = pc.match_substring_regex(col, _OFFSET_RE).to_numpy(zero_copy_only=False)
     mixed = np.flatnonzero(has_offset != has_offset[0])
     if mixed.size:
-        raise _fail_at(
-            int(mixed[0]), where, name, "mixes timestamps with and without a UTC offset"
-        )
+        raise _fail_at(int(mixed[0]), where, name, "mixes timestamps with and without a UTC offset")
     aware = bool(has_offset[0])
     parsed = None
     # pandas infers one format from the first string; ISO8601 also accepts varying precision.
@@ -243,7 +259,9 @@ def _localize(series: pd.Series, tz: str, where: str, name: str) -> pd.Series:
     try:
         return series.dt.tz_localize(tz, ambiguous="raise", nonexistent="raise")
     except Exception as e:  # pandas raises several types for bad zones and DST gaps/overlaps
-        raise IngestError(f"{where}: column {name!r}: cannot interpret local times in {tz}: {e}") from e
+        raise IngestError(
+            f"{where}: column {name!r}: cannot interpret local times in {tz}: {e}"
+        ) from e
 
 
 def _utc_ns(series: pd.Series) -> np.ndarray:
@@ -254,7 +272,9 @@ def _utc_ns(series: pd.Series) -> np.ndarray:
 
 def _extra_column(col: pa.ChunkedArray, target: pa.DataType, where: str, name: str) -> pa.Array:
     if pa.types.is_floating(target):
-        return pa.array(_as_float(col, where, name), mask=col.is_null().to_numpy(zero_copy_only=False))
+        return pa.array(
+            _as_float(col, where, name), mask=col.is_null().to_numpy(zero_copy_only=False)
+        )
     try:
         return col.cast(target).combine_chunks()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
@@ -273,8 +293,11 @@ def _write_partitions(
     if backwards.any():
         first = int(np.min(order[1:][backwards]))
         raise _fail_at(
-            first, where, ts_col, "timestamp is earlier than the previous row of the same "
-            "UTC date (input must be sorted by time; it is not re-sorted on purpose)"
+            first,
+            where,
+            ts_col,
+            "timestamp is earlier than the previous row of the same "
+            "UTC date (input must be sorted by time; it is not re-sorted on purpose)",
         )
     starts = np.flatnonzero(np.r_[True, days_sorted[1:] != days_sorted[:-1]])
     ends = np.r_[starts[1:], len(order)]

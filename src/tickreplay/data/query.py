@@ -57,9 +57,7 @@ def ticks_dataset(url: str, settings: Settings | None = None) -> ds.Dataset:
         fs,
         pafs.FileSelector(root, recursive=True),
         ds.ParquetFileFormat(),
-        ds.FileSystemFactoryOptions(
-            partitioning=PARTITIONING, partition_base_dir=root
-        ),
+        ds.FileSystemFactoryOptions(partitioning=PARTITIONING, partition_base_dir=root),
     )
     return factory.finish(factory.inspect(fragments=None))
 

@@ -55,7 +55,10 @@ def open_partition(path: Path, key: str | None = None) -> pq.ParquetFile:
 
 def output_schema(columns: Sequence[str]) -> pa.Schema:
     """Schema of the merged batches: ``ts``, ``sym`` (index into the plan's symbols), columns."""
-    fields = [pa.field("ts", pa.int64(), nullable=False), pa.field("sym", pa.int32(), nullable=False)]
+    fields = [
+        pa.field("ts", pa.int64(), nullable=False),
+        pa.field("sym", pa.int32(), nullable=False),
+    ]
     return pa.schema(fields + list(schema_for(list(columns))))
 
 
@@ -150,7 +153,9 @@ def symbol_batches(
                 last_ts = _check_order(batch.column(0), last_ts, part.key)
                 yield batch
     if skip:
-        raise DataError(f"resume offset {offset} is past the end of the stream ({offset - skip} rows)")
+        raise DataError(
+            f"resume offset {offset} is past the end of the stream ({offset - skip} rows)"
+        )
 
 
 def _check_order(ts_col: pa.Array, last_ts: int | None, key: str) -> int:
@@ -171,7 +176,7 @@ def _check_order(ts_col: pa.Array, last_ts: int | None, key: str) -> int:
 class _Pending:
     """A symbol's rows read but not yet emitted: an Arrow table and its ts as NumPy."""
 
-    __slots__ = ("source", "table", "ts", "exhausted")
+    __slots__ = ("exhausted", "source", "table", "ts")
 
     def __init__(self, source: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
         self.source = source
