@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tickreplay import Strategy
 
 SCALE = 1_000_000
+# Rows per NumPy pass. A batch is processed in blocks this size so that every intermediate
+# array fits the CPU cache and is recycled by the allocator: whole-batch temporaries (MBs each)
+# cost a fresh page fault per 4 KiB and ran ~2.5x slower than the arithmetic itself.
+BLOCK = 16_384
 
 
 class SmaCrossVectorized(Strategy):
@@ -38,27 +42,54 @@ class SmaCrossVectorized(Strategy):
     def on_batch(self, batch) -> np.ndarray:
         symbol = batch.schema.metadata[b"symbol"].decode()
         fast, slow, qty = self.params.fast, self.params.slow, self.params.qty
-        tail, seen, target0 = self.state.get(symbol, (np.empty(0, np.int64), 0, 0.0))
+        tail, seen, prev = self.state.get(symbol, (np.empty(0, np.int64), 0, 0.0))
         price = batch.column("price").to_numpy()
         n, m = len(price), len(tail)
-        x = np.empty(m + n, dtype=np.int64)
-        x[:m] = tail
-        x[m:] = np.rint(price * SCALE)
-        cs = np.zeros(m + n + 1, dtype=np.int64)  # cs[e] = sum of x[:e]
-        np.cumsum(x, out=cs[1:])
-        first = max(0, slow - 1 - seen)  # first row with a full slow window
         target = np.empty(n)
-        target[:first] = target0
-        if first < n:
-            end = cs[m + first + 1:]  # window ends, one per valid row
-            fast_sum = end - cs[m + first + 1 - fast:m + n + 1 - fast]
-            slow_sum = end - cs[m + first + 1 - slow:m + n + 1 - slow]
-            sign = np.sign(fast_sum * slow - slow_sum * fast)
-            valid = target[first:]
-            np.multiply(sign, qty, out=valid)
-            if not sign.all():  # equal means: keep the previous target (forward fill)
-                prev = target0 if first == 0 else target[first - 1]
-                src = np.maximum.accumulate(np.where(sign != 0, np.arange(len(sign)), -1))
-                valid[:] = np.where(src >= 0, valid[np.maximum(src, 0)], prev)
-        self.state[symbol] = (x[-(slow - 1):].copy(), seen + n, float(target[-1]))
+        x = np.empty(slow - 1 + BLOCK, dtype=np.int64)  # window tail, then the block's prices
+        x[:m] = tail
+        cs = np.empty(len(x) + 1, dtype=np.int64)  # cs[e] = sum of x[:e]
+        cs[0] = 0
+        work = np.empty((2, BLOCK), dtype=np.int64)
+        for a in range(0, n, BLOCK):
+            k = min(BLOCK, n - a)
+            out = target[a:a + k]
+            px = np.multiply(price[a:a + k], SCALE, out=out)  # `out` is scratch until the end
+            np.rint(px, out=x[m:m + k], casting="unsafe")
+            np.cumsum(x[:m + k], out=cs[1:m + k + 1])
+            first = min(max(0, slow - 1 - seen), k)  # first row with a full slow window
+            out[:first] = prev
+            if first < k:
+                lo, hi = m + first + 1, m + k + 1  # window ends, one per valid row
+                v = hi - lo
+                d, t = work[0, :v], work[1, :v]
+                # fast_sum * slow - slow_sum * fast, with fast_sum = cs[e] - cs[e - fast] and
+                # slow_sum = cs[e] - cs[e - slow]: exact integers, so exact comparisons.
+                np.subtract(cs[lo:hi], cs[lo - fast:hi - fast], out=d)
+                d *= slow
+                np.subtract(cs[lo:hi], cs[lo - slow:hi - slow], out=t)
+                t *= fast
+                d -= t
+                valid = out[first:]
+                np.sign(d, out=valid)
+                valid *= qty
+                if not d.all():  # equal means: keep the previous target (forward fill)
+                    _forward_fill(valid, d, prev if first == 0 else out[first - 1])
+            prev = float(out[-1])
+            seen += k
+            keep = min(slow - 1, m + k)
+            x[:keep] = x[m + k - keep:m + k]
+            m = keep
+        self.state[symbol] = (x[:m].copy(), seen, prev)
         return target
+
+
+def _forward_fill(valid: np.ndarray, d: np.ndarray, prev: float) -> None:
+    """Rows where ``d == 0`` take the target of the row before (``prev`` before the first)."""
+    ties = np.flatnonzero(d == 0)
+    if len(ties) <= 64:  # ties are rare on real prices: a short loop beats whole-block passes
+        for i in ties.tolist():
+            valid[i] = valid[i - 1] if i else prev
+        return
+    src = np.maximum.accumulate(np.where(d != 0, np.arange(len(d)), -1))
+    valid[:] = np.where(src >= 0, valid[np.maximum(src, 0)], prev)

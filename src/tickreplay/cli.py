@@ -33,7 +33,7 @@ def _symbols(value: str) -> list[str]:
 def _settings() -> Any:
     from tickreplay.settings import Settings
 
-    return Settings()
+    return Settings.load()
 
 
 def _store(url: str) -> Any:

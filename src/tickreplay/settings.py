@@ -6,8 +6,10 @@ store lives and which credentials to use; reading ``os.environ`` in many places 
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +37,37 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     task_queue: str = "tickreplay"
+    max_concurrent_runs: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    shutdown_grace_s: float = 45.0
+    run_memory_mb: int = Field(6144, description="RLIMIT_AS of a backtest's runner process")
+    node_id: str | None = Field(None, description="Worker node name (default: host + random)")
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Settings from the environment, falling back to ``<home>/stack.env`` written by ``up``.
+
+        Real environment variables win over the file, so a user can always point one command
+        elsewhere.
+        """
+        home = Path(os.environ.get("TICKREPLAY_HOME") or overrides.get("home") or _default_home())
+        defaults: dict[str, Any] = {}
+        env_file = home / "stack.env"
+        if env_file.is_file():
+            for line in env_file.read_text().splitlines():
+                key, sep, value = line.strip().partition("=")
+                name = key.removeprefix("TICKREPLAY_").lower()
+                if sep and key.startswith("TICKREPLAY_") and key not in os.environ \
+                        and name in cls.model_fields:
+                    defaults[name] = value
+        return cls(**{**defaults, **overrides})
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``TICKREPLAY_*`` variables (for child processes)."""
+        out = {}
+        for name, value in self.model_dump().items():
+            if value is not None:
+                out[f"TICKREPLAY_{name.upper()}"] = str(value)
+        return out
 
     def resolved_cache_dir(self) -> Path:
         """The cache directory, defaulting to ``<home>/cache``."""
@@ -44,4 +77,4 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Process-wide settings (tests build their own ``Settings`` and pass it explicitly)."""
-    return Settings()
+    return Settings.load()

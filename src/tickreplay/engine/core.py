@@ -262,25 +262,35 @@ class Engine:
             self.exposure_days += 1
 
     # ------------------------------------------------------------------ fills
-    def _fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float, price: float) -> None:
-        """Apply one fill to the portfolio and the trade list (both paths come through here)."""
-        pf = self.portfolio
-        before = pf.pos[s]
-        fee = self.config.commission.fee(qty, price)
-        realized = pf.apply_fill(s, qty, price, fee)
+    def _record(self, oids: list[int], submits: list[int], syms: list[int], ts: list[int],
+                qtys: list[float], prices: list[float]) -> list[float]:
+        """Apply fills, in order, to the portfolio and the trade list; returns their fees.
+
+        Both paths come through here (the per-tick path one fill at a time), so trades and
+        equity are identical bit for bit whichever path produced the same orders.
+        """
+        fee = self.config.commission.fee
+        fees = [fee(q, p) for q, p in zip(qtys, prices)]
+        realized, closes, pos, cash = self.portfolio.apply_fills(syms, qtys, prices, fees)
+        symbols = self.symbols
         tr = self._trades
-        tr["order_id"].append(oid)
-        tr["submit_ts"].append(submit_ts)
-        tr["ts"].append(t)
-        tr["symbol"].append(self.symbols[s])
-        tr["qty"].append(qty)
-        tr["price"].append(price)
-        tr["fee"].append(fee)
-        tr["realized_pnl"].append(realized)
-        tr["is_close"].append(before != 0.0 and (before > 0.0) != (qty > 0.0))
-        tr["position"].append(pf.pos[s])
-        tr["cash"].append(pf.cash)
+        tr["order_id"].extend(oids)
+        tr["submit_ts"].extend(submits)
+        tr["ts"].extend(ts)
+        tr["symbol"].extend([symbols[s] for s in syms])
+        tr["qty"].extend(qtys)
+        tr["price"].extend(prices)
+        tr["fee"].extend(fees)
+        tr["realized_pnl"].extend(realized)
+        tr["is_close"].extend(closes)
+        tr["position"].extend(pos)
+        tr["cash"].extend(cash)
         self._day_exposed = True
+        return fees
+
+    def _fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float, price: float) -> None:
+        """Apply one fill, then show it to the strategy's ``on_fill``."""
+        (fee,) = self._record([oid], [submit_ts], [s], [t], [qty], [price])
         if self._has_on_fill:
             self.strategy.on_fill(Fill(oid, t, self.symbols[s], qty, price, fee))
 
@@ -379,12 +389,18 @@ class Engine:
                 ),
             ).replace_schema_metadata({"symbol": self.symbols[s]})
             target = self._call_on_batch(batch, s)
-            delta = np.diff(target, prepend=self._targets[s])
-            rows = np.flatnonzero(delta)
-            self._targets[s] = float(target[-1])
+            # Rows whose target differs from the row before (the running target before row 0):
+            # compared, then subtracted only there, instead of a whole-batch np.diff.
+            rows = np.flatnonzero(target[1:] != target[:-1]) + 1
+            if target[0] != self._targets[s]:
+                rows = np.concatenate(([0], rows))
             if len(rows):
+                before = target[rows - 1]
+                if rows[0] == 0:
+                    before[0] = self._targets[s]
                 gpos = rows if idx is None else idx[rows]
-                new_orders.append((gpos, rows, delta[rows], s))
+                new_orders.append((gpos, rows, target[rows] - before, s))
+            self._targets[s] = float(target[-1])
 
         # Order ids in global submission order, exactly as the per-tick path would number them.
         f_gpos: list[int] = []
@@ -433,8 +449,8 @@ class Engine:
                                          submit[~ok].tolist()):
                     self._carried[s].append((oid, q, sub_t + lat, sub_t))
 
-        # Day boundaries inside the chunk (positions of the first row of each new day).
-        # Day boundaries inside the chunk: ts is sorted, so binary search from day to day.
+        # Day boundaries inside the chunk (first row of each new day): ts is sorted, so binary
+        # search from day to day.
         bounds: list[int] = []
         first_day, last_day = int(ts[0]) // DAY_NS, int(ts[-1]) // DAY_NS
         if self._day is None or first_day != self._day:
@@ -443,38 +459,51 @@ class Engine:
             b = int(np.searchsorted(ts, day * DAY_NS, side="left"))
             if b < n and (not bounds or b != bounds[-1]):
                 bounds.append(b)
-        pf = self.portfolio
-        slip = self._slip
-        bi = 0
+        # Fills in (fill row, order id) order; each day's close falls between the fills before
+        # its first row and those at or after it.
+        fills: list[list[Any]] = [[] for _ in range(7)]
+        cuts = [0] * len(bounds)
         if f_gpos:
-            order = np.lexsort((np.asarray(f_oid), np.asarray(f_gpos))).tolist()
-            fill_px = price[f_gpos].tolist()
-            fill_ts = ts[f_gpos].tolist()
-        else:
-            order = fill_px = fill_ts = []
-        for i in order:
-            g = f_gpos[i]
-            while bi < len(bounds) and bounds[bi] <= g:
-                self._vector_roll(bounds[bi], ts, price, sub_idx)
-                bi += 1
-            s = f_sym[i]
-            p = fill_px[i]
-            pf.last[s] = p
-            t = fill_ts[i]
-            qty = f_qty[i]
-            px = p * (1.0 + slip) if qty > 0.0 else p * (1.0 - slip)
-            self._tick.ts = t
-            self._guard_fill(f_oid[i], f_sub[i], s, t, qty, px)
-        while bi < len(bounds):
-            self._vector_roll(bounds[bi], ts, price, sub_idx)
-            bi += 1
+            gpos = np.asarray(f_gpos, dtype=np.int64)
+            order = np.lexsort((np.asarray(f_oid), gpos))
+            gpos = gpos[order]
+            qty = np.asarray(f_qty, dtype=np.float64)[order]
+            p = price[gpos]
+            px = np.where(qty > 0.0, p * (1.0 + self._slip), p * (1.0 - self._slip))
+            fills = [np.asarray(f_oid)[order].tolist(), np.asarray(f_sub)[order].tolist(),
+                     np.asarray(f_sym)[order].tolist(), ts[gpos].tolist(), qty.tolist(),
+                     px.tolist(), p.tolist()]
+            cuts = np.searchsorted(gpos, bounds, side="left").tolist()
+        done = 0
+        for b, cut in zip(bounds, cuts):
+            if cut > done:
+                self._vector_fills(fills, done, cut)
+                done = cut
+            self._vector_roll(b, ts, price, sub_idx)
+        if done < len(fills[0]):
+            self._vector_fills(fills, done, len(fills[0]))
+        pf = self.portfolio
         for s, idx in sub_idx.items():
             pf.last[s] = float(price[-1] if idx is None else price[idx[-1]])
         self._tick.ts = int(ts[-1])
 
-    def _guard_fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float, px: float) -> None:
+    def _vector_fills(self, fills: list[list[Any]], lo: int, hi: int) -> None:
+        """Apply fills ``lo:hi`` (oid, submit ts, sym, ts, qty, price, trade price) in order.
+
+        Without an ``on_fill`` nothing can observe the state between two fills, so the run goes
+        through the portfolio at once; with one, each fill is made at its own tick: the symbol's
+        mark and the clock move to it first, exactly as on the per-tick path.
+        """
+        oids, subs, syms, ts, qtys, pxs, marks = (col[lo:hi] for col in fills)
         try:
-            self._fill(oid, submit_ts, s, t, qty, px)
+            if not self._has_on_fill:
+                self._record(oids, subs, syms, ts, qtys, pxs)
+                return
+            last = self.portfolio.last
+            for oid, sub, s, t, qty, px, mark in zip(oids, subs, syms, ts, qtys, pxs, marks):
+                last[s] = mark
+                self._tick.ts = t
+                self._fill(oid, sub, s, t, qty, px)
         except StrategyError:
             raise
         except Exception as e:

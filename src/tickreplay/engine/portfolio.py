@@ -1,10 +1,12 @@
 """Cash, positions, average cost and realized PnL, in a fixed, documented operation order.
 
-Money is float64. Every update happens in one place (``apply_fill``) with a fixed order of
+Money is float64. Every update happens in one place (``apply_fills``) with a fixed order of
 operations, so the per-tick and vectorised paths, and a resumed run, give identical bits.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class Portfolio:
@@ -20,30 +22,52 @@ class Portfolio:
         self.last = [0.0] * n_symbols  # mark: the symbol's last trade price so far
         self.fees = 0.0
 
-    def apply_fill(self, s: int, qty: float, price: float, fee: float) -> float:
-        """Apply one fill; returns the realized PnL (gross of fees) of its closing part.
+    def apply_fills(
+        self, syms: Sequence[int], qtys: Sequence[float], prices: Sequence[float],
+        fees: Sequence[float],
+    ) -> tuple[list[float], list[bool], list[float], list[float]]:
+        """Apply fills in order; the only place money and positions change.
 
-        cash += -(qty * price) - fee. Average cost: adding to a position re-weights it; reducing
-        realizes (price - avg) x closed quantity x side; crossing through zero realizes the whole
-        old position and opens the rest at ``price``.
+        Per fill: cash += -(qty * price) - fee. Average cost: adding to a position re-weights
+        it; reducing realizes (price - avg) x closed quantity x side; crossing through zero
+        realizes the whole old position and opens the rest at ``price``. Taking a run of fills
+        at once keeps the state in locals (the vectorised path applies thousands per chunk);
+        one fill at a time goes through the same loop, so both paths give identical bits.
+
+        Returns:
+            Per fill: realized PnL (gross of fees) of its closing part, whether it reduced an
+            open position, and the position and cash after it.
         """
-        self.cash += -(qty * price) - fee
-        self.fees += fee
-        q = self.pos[s]
-        realized = 0.0
-        new = q + qty
-        if q == 0.0 or (q > 0.0) == (qty > 0.0):
-            self.avg[s] = (q * self.avg[s] + qty * price) / new
-        else:
-            closed = min(abs(qty), abs(q))
-            realized = (price - self.avg[s]) * closed if q > 0.0 else (self.avg[s] - price) * closed
-            if new == 0.0:
-                self.avg[s] = 0.0
-            elif (new > 0.0) != (q > 0.0):
-                self.avg[s] = price
-        self.pos[s] = new
-        self.realized[s] += realized
-        return realized
+        cash, total_fees = self.cash, self.fees
+        pos, avg, realized_by = self.pos, self.avg, self.realized
+        realized_l: list[float] = []
+        closes: list[bool] = []
+        pos_l: list[float] = []
+        cash_l: list[float] = []
+        for s, qty, price, fee in zip(syms, qtys, prices, fees):
+            cash += -(qty * price) - fee
+            total_fees += fee
+            q = pos[s]
+            new = q + qty
+            if q == 0.0 or (q > 0.0) == (qty > 0.0):
+                avg[s] = (q * avg[s] + qty * price) / new
+                realized = 0.0
+                closes.append(False)
+            else:
+                closed = min(abs(qty), abs(q))
+                realized = (price - avg[s]) * closed if q > 0.0 else (avg[s] - price) * closed
+                if new == 0.0:
+                    avg[s] = 0.0
+                elif (new > 0.0) != (q > 0.0):
+                    avg[s] = price
+                closes.append(True)
+            pos[s] = new
+            realized_by[s] += realized
+            realized_l.append(realized)
+            pos_l.append(new)
+            cash_l.append(cash)
+        self.cash, self.fees = cash, total_fees
+        return realized_l, closes, pos_l, cash_l
 
     def market_value(self) -> float:
         """Sum of position x mark, in symbol order."""

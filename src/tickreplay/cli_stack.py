@@ -1,0 +1,113 @@
+"""``tickreplay up / down / ps``: the embedded stack from the command line.
+
+Kept apart from ``cli.py`` so the stack commands can be registered on any Typer app (the
+``tickreplay`` command, or a test's app) without importing the data and run commands.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", help="State dir of the stack [default: TICKREPLAY_HOME or ~/.tickreplay]"),
+]
+
+
+def _state_dir(value: Path | None) -> Path:
+    if value is not None:
+        return value
+    from tickreplay.settings import Settings
+
+    return Settings().home
+
+
+def up_command(
+    state_dir: StateDir = None,
+    temporal_port: Annotated[int | None, typer.Option(
+        help="Temporal gRPC port [default: the running one, else 7233]")] = None,
+    ui_port: Annotated[int | None, typer.Option(
+        help="Temporal Web UI port [default: the running one, else 8233]")] = None,
+    s3_port: Annotated[int | None, typer.Option(
+        help="SeaweedFS S3 port [default: the running one, else 8333]")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes to run")] = 1,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for health")] = 90.0,
+) -> None:
+    """Start the Temporal dev server, SeaweedFS and workers; return when all are healthy."""
+    from tickreplay.stack import StackError, up
+
+    try:
+        info = up(_state_dir(state_dir), temporal_port=temporal_port, ui_port=ui_port,
+                  s3_port=s3_port, workers=workers, timeout=timeout)
+    except StackError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    if info.started:
+        console.print(f"started: {', '.join(info.started)}")
+    else:
+        console.print("already up")
+    for warning in info.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"Temporal UI: {info.ui_url}")
+    console.print(f"Temporal:    {info.temporal_address}")
+    console.print(f"S3 endpoint: {info.s3_endpoint}")
+    console.print(f"state:       {info.state_dir}  (settings in {info.state_dir / 'stack.env'})")
+
+
+def down_command(
+    state_dir: StateDir = None,
+    worker_grace: Annotated[float, typer.Option(
+        min=0, help="Seconds workers get to checkpoint before SIGKILL")] = 60.0,
+) -> None:
+    """Stop exactly the processes `tickreplay up` started (per their PID files); data stays."""
+    from tickreplay.stack import StackError, down
+
+    try:
+        stopped = down(_state_dir(state_dir), worker_grace=worker_grace)
+    except StackError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+def ps_command(
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
+) -> None:
+    """Show the stack's processes: pid, alive, endpoint, log file."""
+    from tickreplay.stack import status
+
+    info = status(_state_dir(state_dir))
+    if as_json:
+        sys.stdout.write(json.dumps(info.to_dict(), indent=2) + "\n")
+        return
+    if not info.parts:
+        console.print(f"nothing recorded in {info.state_dir}; start it with `tickreplay up`")
+        return
+    table = Table(title=f"stack in {info.state_dir}")
+    for column in ("part", "pid", "state", "endpoint", "log"):
+        table.add_column(column)
+    for part in info.parts:
+        table.add_row(part.name, str(part.pid),
+                      "[green]running[/]" if part.alive else "[red]gone[/]",
+                      part.endpoint or "", str(part.log or ""))
+    console.print(table)
+    if info.ui_url:
+        console.print(f"Temporal UI: {info.ui_url}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``up``, ``down`` and ``ps`` to ``app``."""
+    app.command("up")(up_command)
+    app.command("down")(down_command)
+    app.command("ps")(ps_command)

@@ -1,0 +1,77 @@
+"""Worker process: the shared queue (workflows + light activities) and this node's own queue.
+
+``python -m tickreplay.workers.main`` runs until SIGTERM/SIGINT. On SIGTERM (a spot
+interruption notice, ``tickreplay down``, a pod eviction) it stops polling and gives running
+backtests ``shutdown_grace_s`` to write a final checkpoint and heartbeat it; they then fail
+with a retryable ``WorkerShutdown`` and resume on another node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import signal
+import socket
+import uuid
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from tickreplay.activities.backtest import BacktestActivities
+from tickreplay.settings import Settings
+from tickreplay.workflows.backtest import BacktestWorkflow, SweepWorkflow
+
+log = logging.getLogger("tickreplay.worker")
+
+
+def node_name(settings: Settings) -> str:
+    """A name per worker process: a restarted worker gets a new queue, never a dead one's."""
+    return settings.node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client | None = None,
+                     ready: asyncio.Event | None = None) -> None:
+    """Run both workers until ``stop`` is set, then shut down gracefully."""
+    client = client or await Client.connect(settings.temporal_address,
+                                            namespace=settings.temporal_namespace)
+    node = node_name(settings)
+    node_queue = f"{settings.task_queue}-node-{node}"
+    acts = BacktestActivities(settings, node_queue, node)
+    grace = timedelta(seconds=settings.shutdown_grace_s)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        shared = Worker(client, task_queue=settings.task_queue,
+                        workflows=[BacktestWorkflow, SweepWorkflow],
+                        activities=[acts.resolve_strategy, acts.plan_data, acts.warm_cache,
+                                    acts.publish_results],
+                        activity_executor=pool, graceful_shutdown_timeout=grace,
+                        max_concurrent_activities=8)
+        runner = Worker(client, task_queue=node_queue, activities=[acts.run_backtest],
+                        max_concurrent_activities=settings.max_concurrent_runs,
+                        graceful_shutdown_timeout=grace)
+        async with shared, runner:
+            log.info("worker %s polling %s and %s", node, settings.task_queue, node_queue)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            log.info("worker %s shutting down (grace %s)", node, grace)
+
+
+def main() -> None:
+    """Entry point: settings from the environment (and ``<home>/stack.env``)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings.load()
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    asyncio.run(go())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Temporal workflows: one ``BacktestWorkflow`` per backtest, ``SweepWorkflow`` for a grid.
+
+Deterministic code only: no I/O, no clock, no numpy. Activities are called by name so this
+module never imports the activity implementations into the workflow sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    TimeoutError,
+    TimeoutType,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from tickreplay.workflows.types import (
+        NON_RETRYABLE,
+        JobInput,
+        JobResult,
+        PlanInput,
+        PlanRef,
+        Progress,
+        PublishInput,
+        PublishOutput,
+        ResolveInput,
+        RunInput,
+        RunOutput,
+        StrategyRef,
+        SweepInput,
+        SweepResult,
+        WarmInput,
+        WarmResult,
+    )
+
+# Storage hiccups are retried with backoff; errors of the inputs themselves are not.
+STORAGE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                            maximum_interval=timedelta(seconds=30), maximum_attempts=10,
+                            non_retryable_error_types=NON_RETRYABLE)
+# Bounded so that a runner crashing the same way every time cannot loop forever; a lost node
+# does not burn these attempts (the workflow re-places the run as a new activity).
+RUN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                        maximum_interval=timedelta(seconds=10), maximum_attempts=25,
+                        non_retryable_error_types=NON_RETRYABLE)
+
+
+def _cause_message(err: BaseException) -> str:
+    """The innermost failure's message (what the user needs to see)."""
+    while getattr(err, "cause", None) is not None:
+        err = err.cause  # type: ignore[attr-defined]
+    return str(err)
+
+
+@workflow.defn(name="BacktestWorkflow")
+class BacktestWorkflow:
+    """resolve_strategy -> plan_data -> warm_cache -> run_backtest (on that node) -> publish."""
+
+    def __init__(self) -> None:
+        self._status = "PENDING"
+        self._stage = "queued"
+        self._progress = Progress()
+        self._error: str | None = None
+        self._result: JobResult | None = None
+        self._placements = 0
+
+    @workflow.run
+    async def run(self, job: JobInput) -> JobResult:
+        self._status = "RUNNING"
+        try:
+            return await self._run(job)
+        except (asyncio.CancelledError, CancelledError):
+            self._status = "CANCELLED"
+            raise
+        except ActivityError as e:
+            self._status = "FAILED"
+            self._error = _cause_message(e)
+            raise ApplicationError(f"backtest {job.job_id} failed: {self._error}",
+                                   non_retryable=True) from e
+
+    async def _run(self, job: JobInput) -> JobResult:
+        self._stage = "resolve_strategy"
+        strategy = await workflow.execute_activity(
+            "resolve_strategy", ResolveInput(job.job_id, job.bundle), result_type=StrategyRef,
+            start_to_close_timeout=timedelta(minutes=2), retry_policy=STORAGE_RETRY)
+        self._stage = "plan_data"
+        plan = await workflow.execute_activity(
+            "plan_data", PlanInput(job.job_id, job.spec), result_type=PlanRef,
+            start_to_close_timeout=timedelta(minutes=10), retry_policy=STORAGE_RETRY)
+        output = await self._place_and_run(job, strategy, plan)
+        self._stage = "publish_results"
+        published = await workflow.execute_activity(
+            "publish_results", PublishInput(job.job_id, output.staging_prefix, output.result_hash),
+            result_type=PublishOutput, start_to_close_timeout=timedelta(minutes=10),
+            retry_policy=STORAGE_RETRY)
+        self._progress.ticks_done = output.ticks
+        self._result = JobResult(job.job_id, "SUCCEEDED", published.result_hash,
+                                 published.results_url, output.metrics, strategy.digest,
+                                 plan.fingerprint, self._placements)
+        self._status = "SUCCEEDED"
+        self._stage = "done"
+        return self._result
+
+    async def _place_and_run(self, job: JobInput, strategy: StrategyRef, plan: PlanRef
+                             ) -> RunOutput:
+        """Warm a node's cache, run there; if that node vanishes, re-place and resume.
+
+        A dead node's queue is never polled again, so the retry of ``run_backtest`` times out
+        in schedule-to-start; its last heartbeat names the last durable checkpoint.
+        """
+        opts = job.options
+        resume: dict[str, Any] | None = None
+        while True:
+            self._placements += 1
+            self._stage = "warm_cache"
+            node = await workflow.execute_activity(
+                "warm_cache", WarmInput(job.job_id, plan.key), result_type=WarmResult,
+                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=STORAGE_RETRY)
+            self._progress.ticks_total = node.ticks_total
+            self._stage = "run_backtest"
+            try:
+                return await workflow.execute_activity(
+                    "run_backtest",
+                    RunInput(job.job_id, job.spec, strategy, plan, node.ticks_total, opts, resume),
+                    result_type=RunOutput, task_queue=node.task_queue,
+                    start_to_close_timeout=timedelta(seconds=opts.max_run_s),
+                    heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout_s),
+                    schedule_to_start_timeout=timedelta(seconds=opts.schedule_to_start_s),
+                    retry_policy=RUN_RETRY,
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+            except ActivityError as e:
+                cause = e.cause
+                lost = isinstance(cause, TimeoutError) and cause.type in (
+                    TimeoutType.SCHEDULE_TO_START, TimeoutType.HEARTBEAT)
+                if not lost or self._placements >= opts.max_placements:
+                    raise
+                details = list(cause.last_heartbeat_details or [])  # type: ignore[union-attr]
+                if details and isinstance(details[0], dict) and details[0].get("checkpoint_key"):
+                    resume = details[0]
+                workflow.logger.info("node %s lost; re-placing from %s", node.node, resume)
+
+    @workflow.signal(name="progress")
+    def on_progress(self, progress: Progress) -> None:
+        """Sent by run_backtest every few seconds; never moves backwards within a placement."""
+        self._progress = dataclasses.replace(progress, ticks_total=progress.ticks_total
+                                             or self._progress.ticks_total)
+
+    @workflow.query(name="status")
+    def status(self) -> dict[str, Any]:
+        """Status, stage, progress (ticks done/total, simulated time) and, at the end, results."""
+        out: dict[str, Any] = {
+            "status": self._status,
+            "stage": self._stage,
+            "ticks_done": self._progress.ticks_done,
+            "ticks_total": self._progress.ticks_total,
+            "sim_ts": self._progress.sim_ts,
+            "placements": self._placements,
+            "error": self._error,
+        }
+        if self._result is not None:
+            out.update(result_hash=self._result.result_hash,
+                       results_url=self._result.results_url, metrics=self._result.metrics)
+        return out
+
+
+def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = sorted(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+@workflow.defn(name="SweepWorkflow")
+class SweepWorkflow:
+    """Run every grid point as a child BacktestWorkflow, at most ``max_concurrent`` at once."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._done = 0
+        self._total = 0
+
+    @workflow.run
+    async def run(self, sweep: SweepInput) -> SweepResult:
+        points = _grid_points(sweep.grid)
+        self._total = len(points)
+        rows: list[dict[str, Any]] = [{} for _ in points]
+
+        async def one(i: int, params: dict[str, Any]) -> None:
+            await workflow.wait_condition(lambda: self._running < sweep.max_concurrent)
+            self._running += 1
+            job_id = f"{sweep.sweep_id}-p{i:03d}"
+            spec = dict(sweep.base.spec)
+            spec["params"] = {**spec.get("params", {}), **params}
+            row: dict[str, Any] = {"job_id": job_id, "params": params}
+            try:
+                result = await workflow.execute_child_workflow(
+                    BacktestWorkflow.run, JobInput(job_id, spec, sweep.base.bundle,
+                                                   sweep.base.options),
+                    id=job_id, result_type=JobResult)
+                row.update(status="SUCCEEDED", result_hash=result.result_hash,
+                           value=result.metrics.get(sweep.metric), metrics=result.metrics)
+            except ChildWorkflowError as e:
+                row.update(status="FAILED", error=_cause_message(e), value=None)
+            finally:
+                self._running -= 1
+                self._done += 1
+            rows[i] = row
+
+        await asyncio.gather(*(one(i, p) for i, p in enumerate(points)))
+        ok = [r for r in rows if r.get("value") is not None]
+        rest = [r for r in rows if r.get("value") is None]
+        ok.sort(key=lambda r: r["value"], reverse=sweep.maximize)
+        ranked = ok + rest
+        for rank, r in enumerate(ranked, 1):
+            r["rank"] = rank
+        return SweepResult(sweep.sweep_id, sweep.metric, ranked)
+
+    @workflow.query(name="status")
+    def status(self) -> dict[str, Any]:
+        """How many grid points are done / running / in total."""
+        return {"done": self._done, "running": self._running, "total": self._total}

@@ -1,0 +1,154 @@
+"""Inputs and outputs of workflows and activities: plain dataclasses, importable in the sandbox.
+
+One dataclass in, one out, per activity, so fields can be added without breaking running
+workflows (new fields get defaults). Only object keys and small dicts travel through Temporal;
+data, checkpoints and results live in the object store (payloads are capped at 2 MB).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Non-retryable error types (ApplicationError.type): the same inputs would fail the same way.
+STRATEGY_ERROR = "StrategyError"
+SPEC_ERROR = "SpecError"
+DATA_ERROR = "CorruptData"
+EMPTY_PLAN = "EmptyPlan"
+CHECKPOINT_ERROR = "CheckpointError"
+STRATEGY_TIMEOUT = "StrategyTimeout"
+RESULT_CONFLICT = "ResultConflict"
+NON_RETRYABLE = [STRATEGY_ERROR, SPEC_ERROR, DATA_ERROR, EMPTY_PLAN, CHECKPOINT_ERROR,
+                 STRATEGY_TIMEOUT, RESULT_CONFLICT]
+WORKER_SHUTDOWN = "WorkerShutdown"  # retryable: resume elsewhere from the final checkpoint
+
+
+@dataclass
+class JobOptions:
+    """Operational knobs of one job (not part of the result hash)."""
+
+    checkpoint_every_s: float = 30.0
+    heartbeat_timeout_s: float = 30.0
+    schedule_to_start_s: float = 60.0
+    max_run_s: float = 7 * 24 * 3600.0
+    stall_timeout_s: float = 600.0
+    max_placements: int = 50
+
+
+@dataclass
+class JobInput:
+    """A submitted backtest: the validated spec (JSON form) and the strategy's sources."""
+
+    job_id: str
+    spec: dict[str, Any]
+    bundle: dict[str, Any]
+    options: JobOptions = field(default_factory=JobOptions)
+
+
+@dataclass
+class ResolveInput:
+    job_id: str
+    bundle: dict[str, Any]
+
+
+@dataclass
+class StrategyRef:
+    digest: str
+    key: str
+
+
+@dataclass
+class PlanInput:
+    job_id: str
+    spec: dict[str, Any]
+
+
+@dataclass
+class PlanRef:
+    key: str
+    fingerprint: str
+    partitions: int
+
+
+@dataclass
+class WarmInput:
+    job_id: str
+    plan_key: str
+
+
+@dataclass
+class WarmResult:
+    task_queue: str
+    node: str
+    ticks_total: int
+
+
+@dataclass
+class RunInput:
+    job_id: str
+    spec: dict[str, Any]
+    strategy: StrategyRef
+    plan: PlanRef
+    ticks_total: int
+    options: JobOptions
+    resume: dict[str, Any] | None = None  # {"checkpoint_key": ..., "ticks_done": ...}
+
+
+@dataclass
+class RunOutput:
+    staging_prefix: str
+    result_hash: str
+    metrics: dict[str, Any]
+    ticks: int
+    resumed_from_ticks: int
+
+
+@dataclass
+class PublishInput:
+    job_id: str
+    staging_prefix: str
+    result_hash: str
+
+
+@dataclass
+class PublishOutput:
+    results_url: str
+    result_hash: str
+
+
+@dataclass
+class Progress:
+    ticks_done: int = 0
+    ticks_total: int = 0
+    sim_ts: int = 0
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    status: str
+    result_hash: str
+    results_url: str
+    metrics: dict[str, Any]
+    strategy_digest: str = ""
+    data_fingerprint: str = ""
+    placements: int = 1
+
+
+@dataclass
+class SweepInput:
+    """A grid of parameters run as child backtests, at most ``max_concurrent`` at a time."""
+
+    sweep_id: str
+    base: JobInput
+    grid: dict[str, list[Any]]
+    max_concurrent: int = 4
+    metric: str = "sharpe"
+    maximize: bool = True
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    metric: str
+    rows: list[dict[str, Any]]

@@ -1,0 +1,51 @@
+"""Shared helpers for the Temporal integration tests (real dev server, real SeaweedFS)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tickreplay.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def spawn_worker(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    """A worker as a real OS process (so it can be SIGKILLed or SIGTERMed)."""
+    env = {**os.environ, **settings.to_env(), **extra_env}
+    return subprocess.Popen([sys.executable, "-m", "tickreplay.workers.main"], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop_process(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+    """Signal a process group and wait for it; SIGKILL if it does not go."""
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+async def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any:
+    """Poll an async predicate until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
