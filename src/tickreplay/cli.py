@@ -250,8 +250,20 @@ def run(
     console.print(f"result hash: [bold]{manifest['result_hash']}[/]")
 
 
+def _register_subcommands() -> None:
+    from tickreplay import cli_jobs
+
+    cli_jobs.register(app)
+    try:
+        from tickreplay import cli_stack
+    except ImportError:  # pragma: no cover - stack commands not installed
+        return
+    cli_stack.register(app)
+
+
 def main() -> None:
     """Entry point of the ``tickreplay`` script."""
+    _register_subcommands()
     app()
 
 

@@ -44,7 +44,7 @@ class BacktestActivities:
 
         return open_store(f"s3://{self.settings.artifacts_bucket}", self.settings)
 
-    def _event(self, job_id: str, kind: str, **fields: Any) -> None:
+    def _event(self, job_id: str, kind: str, /, **fields: Any) -> None:
         """Append an operational event to the job's log (one small object per event)."""
         rec = {"ts": time.time(), "kind": kind, "node": self.node, **fields}
         key = f"jobs/{job_id}/events/{time.time_ns():020d}-{kind}.json"
@@ -262,7 +262,7 @@ class BacktestActivities:
                                         json.dumps(err, indent=2).encode())
         except Exception:
             activity.logger.warning("could not store the error of %s", job_id)
-        self._event(job_id, "run_failed", kind=msg["kind"], message=msg["message"])
+        self._event(job_id, "run_failed", error_type=msg["kind"], message=msg["message"])
         raise ApplicationError(msg["message"], {"traceback": msg.get("traceback")},
                                type=msg["kind"], non_retryable=not msg.get("retryable", False))
 

@@ -88,7 +88,7 @@ def _iter_verified(
     pf: pq.ParquetFile, key: str, row_groups: list[int], names: list[str], batch_size: int
 ) -> Iterator[pa.RecordBatch]:
     """``iter_batches`` whose read errors (checksum, decompression, truncation) are corruption."""
-    it = pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=names)
+    it = pf.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=names, use_threads=False)
     while True:
         try:
             batch = next(it)

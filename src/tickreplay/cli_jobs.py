@@ -1,0 +1,267 @@
+"""``tickreplay submit / status / results / logs / cancel / sweep``: durable jobs on Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tickreplay.cli import _fail, _settings, build_config, console, err, print_metrics, progress_bar
+
+
+def _spec(strategy: str, data: str | None, symbols: str, start: dt.datetime, end: dt.datetime,
+          param: list[str] | None, config: Any) -> Any:
+    from tickreplay.spec import BacktestSpec, SpecError, parse_params
+
+    settings = _settings()
+    try:
+        return BacktestSpec.parse({
+            "strategy": strategy, "data_url": data or f"s3://{settings.data_bucket}",
+            "symbols": symbols, "start": start.date(), "end": end.date(),
+            "params": parse_params(param or []), "config": config})
+    except SpecError as e:
+        raise _fail(str(e)) from None
+
+
+def _prepare(spec: Any, job_id: str | None, checkpoint_every: float) -> Any:
+    from tickreplay.jobs import prepare
+    from tickreplay.strategy.api import StrategyError
+    from tickreplay.workflows.types import JobOptions
+
+    try:
+        return prepare(spec, job_id, JobOptions(checkpoint_every_s=checkpoint_every))
+    except StrategyError as e:
+        raise _fail(str(e)) from None
+
+
+async def _client() -> Any:
+    from tickreplay.jobs import connect
+
+    settings = _settings()
+    try:
+        return await asyncio.wait_for(connect(settings), 15)
+    except Exception as e:  # noqa: BLE001 - any connection failure means the same to the user
+        raise _fail(f"cannot reach Temporal at {settings.temporal_address} ({e}); "
+                    "is the stack up? (`tickreplay up`)") from None
+
+
+async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
+    from tickreplay.jobs import status
+
+    bar = progress_bar()
+    task = bar.add_task(job_id, total=None, rate="", simdate="")
+    with bar:
+        while True:
+            st = await status(client, job_id)
+            if st.get("ticks_total"):
+                day = (dt.datetime.fromtimestamp(st["sim_ts"] / 1e9, tz=dt.UTC).date().isoformat()
+                       if st.get("sim_ts") else "")
+                bar.update(task, total=st["ticks_total"], completed=st.get("ticks_done", 0),
+                           simdate=day, rate=st.get("stage", ""))
+            if st["status"] not in ("RUNNING", "PENDING"):
+                return st
+            await asyncio.sleep(0.5)
+
+
+def _print_status(st: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(st, indent=2, sort_keys=True, default=str) + "\n")
+        return
+    table = Table(title=f"job {st['job_id']}")
+    table.add_column("field")
+    table.add_column("value")
+    for k in ("status", "stage", "ticks_done", "ticks_total", "placements", "result_hash",
+              "results_url", "error"):
+        if st.get(k) not in (None, ""):
+            table.add_row(k, str(st[k]))
+    console.print(table)
+    if st.get("metrics"):
+        print_metrics(st["metrics"])
+
+
+def register(app: typer.Typer) -> None:
+    """Add the job commands to the ``tickreplay`` app."""
+
+    @app.command("submit")
+    def submit(
+        strategy: Annotated[str, typer.Argument(help="Strategy file.py[:Class] or module:Class")],
+        symbols: Annotated[str, typer.Option(help="Comma-separated symbols")],
+        start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"])],
+        end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"])],
+        data: Annotated[str | None, typer.Option(help="Catalog URL (default s3://<data bucket>)")] = None,
+        param: Annotated[list[str] | None, typer.Option(help="k=v (repeatable)")] = None,
+        latency_ms: Annotated[float, typer.Option(min=0)] = 0.0,
+        slippage_bps: Annotated[float, typer.Option(min=0)] = 0.0,
+        commission: Annotated[str, typer.Option()] = "none",
+        initial_cash: Annotated[float, typer.Option()] = 1_000_000.0,
+        seed: Annotated[int, typer.Option()] = 0,
+        mode: Annotated[str, typer.Option(help="auto | tick | vector")] = "auto",
+        job_id: Annotated[str | None, typer.Option(help="Idempotency key: same id, same job")] = None,
+        checkpoint_every: Annotated[float, typer.Option(help="Seconds of work between checkpoints")] = 30.0,
+        wait: Annotated[bool, typer.Option("--wait", help="Wait with a progress bar")] = False,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Submit a durable backtest; prints its job id at once (``--wait`` to follow it)."""
+        from tickreplay.jobs import submit as do_submit
+
+        config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
+        job = _prepare(_spec(strategy, data, symbols, start, end, param, config), job_id,
+                       checkpoint_every)
+
+        async def go() -> None:
+            client = await _client()
+            await do_submit(client, _settings(), job)
+            if not wait:
+                if as_json:
+                    sys.stdout.write(json.dumps({"job_id": job.job_id}) + "\n")
+                else:
+                    console.print(job.job_id)
+                return
+            if not as_json:
+                err.print(f"submitted {job.job_id}")
+            st = await _wait_with_progress(client, job.job_id) if not as_json else None
+            if st is None:
+                from tickreplay.jobs import status
+
+                while (st := await status(client, job.job_id))["status"] in ("RUNNING", "PENDING"):
+                    await asyncio.sleep(0.5)
+            _print_status(st, as_json)
+            if st["status"] != "SUCCEEDED":
+                raise typer.Exit(1)
+
+        asyncio.run(go())
+
+    @app.command("status")
+    def status_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """Status and progress of a job (ticks done / total, simulated date, metrics at the end)."""
+        from tickreplay.jobs import status
+
+        async def go() -> None:
+            client = await _client()
+            try:
+                st = await status(client, job_id)
+            except Exception as e:  # noqa: BLE001
+                raise _fail(f"no such job {job_id!r} ({e})") from None
+            _print_status(st, as_json)
+
+        asyncio.run(go())
+
+    @app.command("results")
+    def results_cmd(job_id: str, out: Annotated[Path, typer.Option(help="Directory")]) -> None:
+        """Download a job's published, verified result files."""
+        from tickreplay.jobs import download_results
+
+        try:
+            manifest = download_results(_settings(), job_id, out)
+        except (FileNotFoundError, ValueError) as e:
+            raise _fail(str(e)) from None
+        console.print(f"results:     {out.resolve()}")
+        console.print(f"result hash: [bold]{manifest['result_hash']}[/]")
+
+    @app.command("logs")
+    def logs_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+        """A job's events, its error with traceback, and the strategy's log records."""
+        from tickreplay.jobs import job_logs
+
+        logs = job_logs(_settings(), job_id)
+        if as_json:
+            sys.stdout.write(json.dumps(logs, indent=2, default=str) + "\n")
+            return
+        for ev in logs["events"]:
+            when = dt.datetime.fromtimestamp(ev.pop("ts"), tz=dt.UTC).strftime("%H:%M:%S")
+            kind = ev.pop("kind")
+            console.print(f"{when} [bold]{kind}[/] " + " ".join(f"{k}={v}" for k, v in ev.items()),
+                          highlight=False)
+        for rec in logs["strategy_logs"]:
+            console.print(json.dumps(rec, default=str), highlight=False, markup=False)
+        if logs["error"]:
+            e = logs["error"]
+            err.print(f"[bold red]{e['kind']}[/]: {e['message']}", highlight=False)
+            if e.get("traceback"):
+                err.print(e["traceback"], markup=False, highlight=False)
+
+    @app.command("cancel")
+    def cancel_cmd(job_id: str) -> None:
+        """Cancel a job: its runner process is stopped and the job ends CANCELLED."""
+
+        async def go() -> None:
+            client = await _client()
+            await client.get_workflow_handle(job_id).cancel()
+            console.print(f"cancel requested for {job_id}")
+
+        asyncio.run(go())
+
+    @app.command("sweep")
+    def sweep_cmd(
+        strategy: Annotated[str, typer.Argument()],
+        symbols: Annotated[str, typer.Option()],
+        start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"])],
+        end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"])],
+        grid: Annotated[list[str], typer.Option(help="name=v1,v2,... (repeatable)")],
+        data: Annotated[str | None, typer.Option()] = None,
+        param: Annotated[list[str] | None, typer.Option(help="fixed k=v (repeatable)")] = None,
+        metric: Annotated[str, typer.Option(help="Metric to rank by")] = "sharpe",
+        minimize: Annotated[bool, typer.Option(help="Rank ascending")] = False,
+        max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
+        latency_ms: Annotated[float, typer.Option(min=0)] = 0.0,
+        slippage_bps: Annotated[float, typer.Option(min=0)] = 0.0,
+        commission: Annotated[str, typer.Option()] = "none",
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Run a parameter grid as child backtests and print them ranked by a metric."""
+        from tickreplay.jobs import new_job_id, submit_sweep
+        from tickreplay.workflows.types import SweepInput
+
+        axes: dict[str, list[str]] = {}
+        for g in grid:
+            name, sep, values = g.partition("=")
+            if not sep or not values:
+                raise _fail(f"--grid expects name=v1,v2,..., got {g!r}")
+            axes[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+        config = build_config(latency_ms, slippage_bps, commission, 1_000_000.0, 0, "auto")
+        base = _prepare(_spec(strategy, data, symbols, start, end, param, config), None, 30.0)
+        from tickreplay.strategy.loader import bundle_from_spec, load_strategy
+
+        bundle = bundle_from_spec(strategy)
+        typed: dict[str, list[Any]] = {k: [] for k in axes}
+        for k, values in axes.items():
+            for v in values:  # validate every grid value against Params before starting anything
+                try:
+                    params = load_strategy(bundle, {**base.spec["params"], k: v})[0].params
+                except Exception as e:  # noqa: BLE001
+                    raise _fail(str(e)) from None
+                typed[k].append(getattr(params, k))
+        sweep = SweepInput(new_job_id("sweep"), base, typed, max_concurrent, metric, not minimize)
+
+        async def go() -> None:
+            client = await _client()
+            handle = await submit_sweep(client, _settings(), sweep)
+            err.print(f"sweep {sweep.sweep_id}: {len(list(_points(typed)))} backtests, "
+                      f"at most {max_concurrent} at a time")
+            result = await handle.result()
+            if as_json:
+                sys.stdout.write(json.dumps(result.rows, indent=2, default=str) + "\n")
+                return
+            table = Table(title=f"sweep {sweep.sweep_id} ranked by {metric}")
+            for col in ("rank", *typed, metric, "status", "job_id"):
+                table.add_column(col)
+            for row in result.rows:
+                value = row.get("value")
+                table.add_row(str(row["rank"]), *(str(row["params"][k]) for k in typed),
+                              f"{value:.6g}" if isinstance(value, float) else str(value),
+                              row["status"], row["job_id"])
+            console.print(table)
+
+        asyncio.run(go())
+
+
+def _points(grid: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    import itertools
+
+    return list(itertools.product(*grid.values()))
