@@ -49,3 +49,13 @@ async def wait_for(predicate: Any, timeout: float, interval: float = 0.2) -> Any
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def server_heartbeat(client: Any, job_id: str) -> dict[str, Any] | None:
+    """The run_backtest heartbeat details as the Temporal SERVER has them (not in flight)."""
+    desc = await client.get_workflow_handle(job_id).describe()
+    for act in desc.raw_description.pending_activities:
+        if act.activity_type.name == "run_backtest" and act.heartbeat_details.payloads:
+            (details, *_) = await client.data_converter.decode(act.heartbeat_details.payloads)
+            return details
+    return None

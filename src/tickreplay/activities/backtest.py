@@ -230,6 +230,8 @@ class BacktestActivities:
                         f"stderr: {runner.stderr_tail()}", type="RunnerDied")
                 if shutdown.done() and not stopping:
                     stopping = True
+                    activity.logger.info("worker shutdown: asking runner of %s for a final "
+                                         "checkpoint", inp.job_id)
                     runner.request_stop()
                 if time.monotonic() - last_progress > inp.options.stall_timeout_s:
                     runner.kill()

@@ -19,7 +19,7 @@ import hashlib
 import math
 import pickle
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -262,35 +262,30 @@ class Engine:
             self.exposure_days += 1
 
     # ------------------------------------------------------------------ fills
-    def _record(self, oids: list[int], submits: list[int], syms: list[int], ts: list[int],
-                qtys: list[float], prices: list[float]) -> list[float]:
+    def _record(self, oids: Sequence[int], submits: Sequence[int], syms: Sequence[int],
+                ts: Sequence[int], qtys: Sequence[float], prices: Sequence[float]) -> list[float]:
         """Apply fills, in order, to the portfolio and the trade list; returns their fees.
 
         Both paths come through here (the per-tick path one fill at a time), so trades and
         equity are identical bit for bit whichever path produced the same orders.
         """
-        fee = self.config.commission.fee
-        fees = [fee(q, p) for q, p in zip(qtys, prices)]
-        realized, closes, pos, cash = self.portfolio.apply_fills(syms, qtys, prices, fees)
-        symbols = self.symbols
+        fees = list(map(self.config.commission.fee, qtys, prices))
         tr = self._trades
+        self.portfolio.apply_fills(syms, qtys, prices, fees, tr["realized_pnl"], tr["is_close"],
+                                   tr["position"], tr["cash"])
         tr["order_id"].extend(oids)
         tr["submit_ts"].extend(submits)
         tr["ts"].extend(ts)
-        tr["symbol"].extend([symbols[s] for s in syms])
+        tr["symbol"].extend(map(self.symbols.__getitem__, syms))
         tr["qty"].extend(qtys)
         tr["price"].extend(prices)
         tr["fee"].extend(fees)
-        tr["realized_pnl"].extend(realized)
-        tr["is_close"].extend(closes)
-        tr["position"].extend(pos)
-        tr["cash"].extend(cash)
         self._day_exposed = True
         return fees
 
     def _fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float, price: float) -> None:
         """Apply one fill, then show it to the strategy's ``on_fill``."""
-        (fee,) = self._record([oid], [submit_ts], [s], [t], [qty], [price])
+        (fee,) = self._record((oid,), (submit_ts,), (s,), (t,), (qty,), (price,))
         if self._has_on_fill:
             self.strategy.on_fill(Fill(oid, t, self.symbols[s], qty, price, fee))
 

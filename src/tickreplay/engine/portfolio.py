@@ -24,26 +24,23 @@ class Portfolio:
 
     def apply_fills(
         self, syms: Sequence[int], qtys: Sequence[float], prices: Sequence[float],
-        fees: Sequence[float],
-    ) -> tuple[list[float], list[bool], list[float], list[float]]:
+        fees: Sequence[float], realized_out: list[float], closes_out: list[bool],
+        pos_out: list[float], cash_out: list[float],
+    ) -> None:
         """Apply fills in order; the only place money and positions change.
 
         Per fill: cash += -(qty * price) - fee. Average cost: adding to a position re-weights
         it; reducing realizes (price - avg) x closed quantity x side; crossing through zero
-        realizes the whole old position and opens the rest at ``price``. Taking a run of fills
-        at once keeps the state in locals (the vectorised path applies thousands per chunk);
-        one fill at a time goes through the same loop, so both paths give identical bits.
+        realizes the whole old position and opens the rest at ``price``. A run of fills at once
+        keeps the state in locals (the vectorised path applies thousands per chunk); one fill
+        at a time goes through the same loop, so both paths give identical bits.
 
-        Returns:
-            Per fill: realized PnL (gross of fees) of its closing part, whether it reduced an
-            open position, and the position and cash after it.
+        Per fill, appends to the ``*_out`` lists (the trade record's columns): the realized PnL
+        (gross of fees) of its closing part, whether it reduced an open position, and the
+        position and cash after it.
         """
         cash, total_fees = self.cash, self.fees
         pos, avg, realized_by = self.pos, self.avg, self.realized
-        realized_l: list[float] = []
-        closes: list[bool] = []
-        pos_l: list[float] = []
-        cash_l: list[float] = []
         for s, qty, price, fee in zip(syms, qtys, prices, fees):
             cash += -(qty * price) - fee
             total_fees += fee
@@ -52,7 +49,7 @@ class Portfolio:
             if q == 0.0 or (q > 0.0) == (qty > 0.0):
                 avg[s] = (q * avg[s] + qty * price) / new
                 realized = 0.0
-                closes.append(False)
+                closes_out.append(False)
             else:
                 closed = min(abs(qty), abs(q))
                 realized = (price - avg[s]) * closed if q > 0.0 else (avg[s] - price) * closed
@@ -60,14 +57,13 @@ class Portfolio:
                     avg[s] = 0.0
                 elif (new > 0.0) != (q > 0.0):
                     avg[s] = price
-                closes.append(True)
+                closes_out.append(True)
             pos[s] = new
             realized_by[s] += realized
-            realized_l.append(realized)
-            pos_l.append(new)
-            cash_l.append(cash)
+            realized_out.append(realized)
+            pos_out.append(new)
+            cash_out.append(cash)
         self.cash, self.fees = cash, total_fees
-        return realized_l, closes, pos_l, cash_l
 
     def market_value(self) -> float:
         """Sum of position x mark, in symbol order."""

@@ -47,9 +47,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
                                     acts.publish_results],
                         activity_executor=pool, graceful_shutdown_timeout=grace,
                         max_concurrent_activities=8)
+        # Heartbeats carry checkpoint keys: send them within ~1 s rather than the default
+        # 0.8 x heartbeat timeout, so a lost node resumes from its newest checkpoint.
         runner = Worker(client, task_queue=node_queue, activities=[acts.run_backtest],
                         max_concurrent_activities=settings.max_concurrent_runs,
-                        graceful_shutdown_timeout=grace)
+                        graceful_shutdown_timeout=grace,
+                        max_heartbeat_throttle_interval=timedelta(seconds=1),
+                        default_heartbeat_throttle_interval=timedelta(seconds=1))
         async with shared, runner:
             log.info("worker %s polling %s and %s", node, settings.task_queue, node_queue)
             if ready is not None:

@@ -82,6 +82,9 @@ class BacktestWorkflow:
             self._status = "CANCELLED"
             raise
         except ActivityError as e:
+            if isinstance(e.cause, CancelledError):  # the run was stopped by our cancel request
+                self._status = "CANCELLED"
+                raise asyncio.CancelledError("cancelled by request") from e
             self._status = "FAILED"
             self._error = _cause_message(e)
             raise ApplicationError(f"backtest {job.job_id} failed: {self._error}",

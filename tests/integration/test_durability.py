@@ -1,0 +1,223 @@
+"""Durability on a real Temporal dev server: killed and preempted workers, cancel, sweeps.
+
+Workers run as real OS processes so they can be SIGKILLed (a lost spot instance) or SIGTERMed
+(a spot interruption notice). Every resumed run must give the uninterrupted run's result hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import CancelledError
+
+from tickreplay import jobs
+from tickreplay.backtest import run_local
+from tickreplay.data.generate import generate
+from tickreplay.data.store import S3Store
+from tickreplay.results import result_hash
+from tickreplay.settings import Settings
+from tickreplay.spec import BacktestSpec
+from tickreplay.workflows.types import JobOptions, SweepInput
+
+from wfkit import EXAMPLES, server_heartbeat, spawn_worker, stop_process, wait_for
+
+pytestmark = pytest.mark.integration
+HISTORIES = Path(__file__).resolve().parents[1] / "histories"
+FAST_FAILOVER = dict(heartbeat_timeout_s=3.0, schedule_to_start_s=3.0)
+
+
+@pytest.fixture(scope="module")
+def dsettings(s3_server: Settings, temporal_address: str, tmp_path_factory) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    s = s3_server.model_copy(update={
+        "temporal_address": temporal_address, "task_queue": f"dq-{tag}",
+        "results_bucket": f"results-{tag}", "artifacts_bucket": f"artifacts-{tag}",
+        "data_bucket": f"data-{tag}", "cache_dir": tmp_path_factory.mktemp("dcache"),
+        "shutdown_grace_s": 30.0, "max_concurrent_runs": 2})
+    for b in (s.results_bucket, s.artifacts_bucket, s.data_bucket):
+        S3Store(b, settings=s).ensure_bucket()
+    generate(S3Store(s.data_bucket, settings=s), ["CCC", "DDD"], "2024-04-01", "2024-04-05",
+             ticks_per_day=150_000, seed=9)
+    return s
+
+
+@pytest.fixture(scope="module")
+def long_spec(dsettings: Settings) -> BacktestSpec:
+    return BacktestSpec.parse({
+        "strategy": str(EXAMPLES / "sma_cross.py"), "data_url": f"s3://{dsettings.data_bucket}",
+        "symbols": "CCC,DDD", "start": "2024-04-01", "end": "2024-04-05",
+        "params": {"fast": 20, "slow": 200},
+        "config": {"latency_ns": 1_000_000, "slippage_bps": 1.0,
+                   "commission": {"per_share": 0.005, "minimum": 1.0}}})
+
+
+@pytest.fixture(scope="module")
+def slow_spec(long_spec: BacktestSpec) -> BacktestSpec:
+    """Seconds of work per run, so a signal surely lands mid-run."""
+    strategy = Path(__file__).resolve().parents[1] / "strategies" / "busy_momentum.py"
+    return long_spec.model_copy(update={"strategy": str(strategy), "params": {"work": 300}})
+
+
+@pytest.fixture(scope="module")
+def slow_reference_hash(slow_spec: BacktestSpec, dsettings: Settings, tmp_path_factory) -> str:
+    local = run_local(slow_spec, dsettings.model_copy(
+        update={"cache_dir": tmp_path_factory.mktemp("slowcache")}))
+    assert local.trades.num_rows > 10
+    return result_hash(local)
+
+
+@pytest.fixture(scope="module")
+def reference_hash(long_spec: BacktestSpec, dsettings: Settings, tmp_path_factory) -> str:
+    """The uninterrupted run, in-process (no Temporal at all)."""
+    local = run_local(long_spec, dsettings.model_copy(
+        update={"cache_dir": tmp_path_factory.mktemp("refcache")}))
+    assert local.trades.num_rows > 100
+    return result_hash(local)
+
+
+@pytest.fixture
+def workers(dsettings: Settings, tmp_path: Path) -> Iterator[list]:
+    procs: list = []
+    yield procs
+    for p in procs:
+        stop_process(p, signal.SIGKILL)
+
+
+def checkpoints(settings: Settings, job_id: str) -> list[str]:
+    return [o.key for o in S3Store(settings.artifacts_bucket, settings=settings)
+            .list(f"checkpoints/{job_id}/")]
+
+
+def events(settings: Settings, job_id: str) -> list[dict]:
+    return jobs.job_logs(settings, job_id)["events"]
+
+
+async def record_history(client: Client, job_id: str, name: str) -> None:
+    """Keep a real history as a replay fixture when TICKREPLAY_RECORD_HISTORIES is set."""
+    if os.environ.get("TICKREPLAY_RECORD_HISTORIES"):
+        history = await client.get_workflow_handle(job_id).fetch_history()
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+@pytest.mark.parametrize("kill_after_checkpoints", [1, 3, 6])
+async def test_sigkilled_worker_is_replaced_and_the_result_is_identical(
+        dsettings: Settings, long_spec: BacktestSpec, reference_hash: str, workers: list,
+        tmp_path: Path, kill_after_checkpoints: int) -> None:
+    client = await jobs.connect(dsettings)
+    workers.append(spawn_worker(dsettings, tmp_path / "w1.log"))
+    job = jobs.prepare(long_spec, options=JobOptions(checkpoint_every_s=0.15, **FAST_FAILOVER))
+    handle = await jobs.submit(client, dsettings, job)
+    async def checkpointed() -> bool:  # k checkpoints stored AND the server knows of one
+        if len(checkpoints(dsettings, job.job_id)) < kill_after_checkpoints:
+            return False
+        hb = await server_heartbeat(client, job.job_id)
+        return bool(hb and hb.get("checkpoint_key"))
+
+    await wait_for(checkpointed, 120, 0.05)
+    os.killpg(workers[0].pid, signal.SIGKILL)  # the runner child dies with it (PDEATHSIG)
+    workers.append(spawn_worker(dsettings, tmp_path / "w2.log"))
+    result = await asyncio.wait_for(handle.result(), 180)
+    assert result.result_hash == reference_hash
+    assert result.placements >= 2
+    finished = [e for e in events(dsettings, job.job_id) if e["kind"] == "run_finished"]
+    assert finished and finished[-1]["resumed_from_ticks"] > 0  # resumed, not restarted
+    await record_history(client, job.job_id, f"backtest_killed_{kill_after_checkpoints}")
+
+
+async def test_sigterm_takes_a_final_checkpoint_and_the_next_worker_resumes_from_it(
+        dsettings: Settings, slow_spec: BacktestSpec, slow_reference_hash: str, workers: list,
+        tmp_path: Path) -> None:
+    client = await jobs.connect(dsettings)
+    workers.append(spawn_worker(dsettings, tmp_path / "w1.log"))
+    # A periodic checkpoint never comes (interval 1 h): only the shutdown path can write one.
+    job = jobs.prepare(slow_spec, options=JobOptions(checkpoint_every_s=3600, **FAST_FAILOVER))
+    handle = await jobs.submit(client, dsettings, job)
+
+    async def running() -> bool:
+        hb = await server_heartbeat(client, job.job_id)
+        return bool(hb and hb["progress"] > 100_000)
+
+    await wait_for(running, 120, 0.1)
+    os.kill(workers[0].pid, signal.SIGTERM)
+    assert await asyncio.to_thread(workers[0].wait, 60) == 0  # clean exit after the checkpoint
+    workers.append(spawn_worker(dsettings, tmp_path / "w2.log"))
+    result = await asyncio.wait_for(handle.result(), 180)
+    assert result.result_hash == slow_reference_hash
+    evs = events(dsettings, job.job_id)
+    stopped = [e for e in evs if e["kind"] == "run_stopped"]
+    starts = [e for e in evs if e["kind"] == "run_started"]
+    assert len(stopped) == 1 and 100_000 < stopped[0]["ticks_done"] < 1_400_000, evs
+    # The resumed run starts exactly where the interrupted one stopped: 0 ticks re-done.
+    assert starts[-1]["ticks_done"] == stopped[0]["ticks_done"]
+    assert len(checkpoints(dsettings, job.job_id)) == 1
+    await record_history(client, job.job_id, "backtest_sigterm")
+
+
+async def test_cancel_stops_the_runner_and_marks_the_job_cancelled(
+        dsettings: Settings, slow_spec: BacktestSpec, workers: list, tmp_path: Path) -> None:
+    client = await jobs.connect(dsettings)
+    workers.append(spawn_worker(dsettings, tmp_path / "w1.log"))
+    job = jobs.prepare(slow_spec, options=JobOptions(checkpoint_every_s=3600))
+    handle = await jobs.submit(client, dsettings, job)
+
+    async def running() -> bool:
+        return (await jobs.status(client, job.job_id)).get("ticks_done", 0) > 0
+
+    await wait_for(running, 120, 0.1)
+    assert _runner_pids()
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as e:
+        await asyncio.wait_for(handle.result(), 60)
+    assert isinstance(e.value.cause, CancelledError)
+    assert (await jobs.status(client, job.job_id))["status"] == "CANCELLED"
+    assert _runner_pids() == []
+    assert any(ev["kind"] == "run_cancelled" for ev in events(dsettings, job.job_id))
+    await record_history(client, job.job_id, "backtest_cancelled")
+
+
+async def test_sweep_runs_a_grid_of_six_with_at_most_two_at_once(
+        dsettings: Settings, long_spec: BacktestSpec, workers: list, tmp_path: Path) -> None:
+    client = await jobs.connect(dsettings)
+    workers.append(spawn_worker(dsettings, tmp_path / "w1.log"))
+    spec = long_spec.model_copy(update={"end": long_spec.start})  # one day per backtest
+    base = jobs.prepare(spec)
+    sweep = SweepInput(jobs.new_job_id("sweep"), base, {"fast": [5, 10, 20], "slow": [60, 120]},
+                       max_concurrent=2, metric="sharpe")
+    handle = await jobs.submit_sweep(client, dsettings, sweep)
+    result = await asyncio.wait_for(handle.result(), 300)
+    assert len(result.rows) == 6 and all(r["status"] == "SUCCEEDED" for r in result.rows)
+    values = [r["value"] for r in result.rows]
+    assert values == sorted(values, reverse=True)
+    assert [r["rank"] for r in result.rows] == [1, 2, 3, 4, 5, 6]
+    assert {(r["params"]["fast"], r["params"]["slow"]) for r in result.rows} == {
+        (f, s) for f in (5, 10, 20) for s in (60, 120)}
+    spans = []
+    for r in result.rows:
+        d = await client.get_workflow_handle(r["job_id"]).describe()
+        spans.append((d.start_time, d.close_time))
+    for start, _ in spans:  # at any child's start, at most 2 children are open
+        assert sum(1 for s, c in spans if s <= start < c) <= 2
+    await record_history(client, sweep.sweep_id, "sweep")
+
+
+def _runner_pids() -> list[int]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "tickreplay.runner.child" in " ".join(p.info["cmdline"] or []):
+            out.append(p.pid)
+    return out
+
+
+def test_histories_json_are_valid() -> None:
+    for f in HISTORIES.glob("*.json"):
+        assert json.loads(f.read_text())["events"]
