@@ -7,6 +7,7 @@ Workers run as real OS processes so they can be SIGKILLed (a lost spot instance)
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import signal
@@ -28,10 +29,9 @@ from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.workflows.types import JobOptions, SweepInput
 
-from wfkit import EXAMPLES, server_heartbeat, spawn_worker, stop_process, wait_for
+from wfkit import EXAMPLES, HISTORIES, record_history, server_heartbeat, spawn_worker, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
-HISTORIES = Path(__file__).resolve().parents[1] / "histories"
 FAST_FAILOVER = dict(heartbeat_timeout_s=3.0, schedule_to_start_s=3.0)
 
 
@@ -99,14 +99,6 @@ def checkpoints(settings: Settings, job_id: str) -> list[str]:
 
 def events(settings: Settings, job_id: str) -> list[dict]:
     return jobs.job_logs(settings, job_id)["events"]
-
-
-async def record_history(client: Client, job_id: str, name: str) -> None:
-    """Keep a real history as a replay fixture when TICKREPLAY_RECORD_HISTORIES is set."""
-    if os.environ.get("TICKREPLAY_RECORD_HISTORIES"):
-        history = await client.get_workflow_handle(job_id).fetch_history()
-        HISTORIES.mkdir(exist_ok=True)
-        (HISTORIES / f"{name}.json").write_text(history.to_json())
 
 
 @pytest.mark.parametrize("kill_after_checkpoints", [1, 3, 6])
@@ -189,7 +181,8 @@ async def test_sweep_runs_a_grid_of_six_with_at_most_two_at_once(
         dsettings: Settings, long_spec: BacktestSpec, workers: list, tmp_path: Path) -> None:
     client = await jobs.connect(dsettings)
     workers.append(spawn_worker(dsettings, tmp_path / "w1.log"))
-    spec = long_spec.model_copy(update={"end": long_spec.start})  # one day per backtest
+    # three days per backtest: enough daily returns for a Sharpe ratio
+    spec = long_spec.model_copy(update={"end": long_spec.start + dt.timedelta(days=2)})
     base = jobs.prepare(spec)
     sweep = SweepInput(jobs.new_job_id("sweep"), base, {"fast": [5, 10, 20], "slow": [60, 120]},
                        max_concurrent=2, metric="sharpe")

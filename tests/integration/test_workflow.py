@@ -20,7 +20,7 @@ from tickreplay.spec import BacktestSpec
 from tickreplay.workers.main import run_worker
 from tickreplay.workflows.types import JobOptions
 
-from wfkit import EXAMPLES
+from wfkit import EXAMPLES, record_history
 
 pytestmark = pytest.mark.integration
 
@@ -79,6 +79,7 @@ async def test_submit_succeeds_with_the_same_hash_as_a_local_run(
     assert manifest["result_hash"] == result.result_hash
     again = await jobs.submit(client, wf_settings, job)  # same id: same job, no second run
     assert (await again.result()).result_hash == result.result_hash
+    await record_history(client, job.job_id, "backtest_succeeded")
 
 
 async def test_strategy_exception_fails_the_job_and_the_worker_serves_the_next(
@@ -97,6 +98,7 @@ async def test_strategy_exception_fails_the_job_and_the_worker_serves_the_next(
     assert "bad.py" in logs["error"]["traceback"]
     st = await jobs.status(client, job.job_id)
     assert st["status"] == "FAILED"
+    await record_history(client, job.job_id, "backtest_strategy_failed")
     ok = jobs.prepare(spec_for(wf_settings, str(EXAMPLES / "sma_cross_vectorized.py")))
     assert (await asyncio.wait_for((await jobs.submit(client, wf_settings, ok)).result(),
                                    120)).status == "SUCCEEDED"

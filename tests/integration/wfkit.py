@@ -15,6 +15,15 @@ from tickreplay.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
+HISTORIES = ROOT / "tests" / "histories"
+
+
+async def record_history(client: Any, job_id: str, name: str) -> None:
+    """Keep a real history as a replay fixture when TICKREPLAY_RECORD_HISTORIES is set."""
+    if os.environ.get("TICKREPLAY_RECORD_HISTORIES"):
+        history = await client.get_workflow_handle(job_id).fetch_history()
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
 
 
 def spawn_worker(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:

@@ -384,8 +384,9 @@ class Engine:
                 ),
             ).replace_schema_metadata({"symbol": self.symbols[s]})
             target = self._call_on_batch(batch, s)
-            # Rows whose target differs from the row before (the running target before row 0):
-            # compared, then subtracted only there, instead of a whole-batch np.diff.
+            # Rows whose target differs from the row before (the running target before row 0).
+            # Compare, then subtract only there: np.diff(prepend=) made two batch-sized
+            # temporaries, whose fresh pages cost more than the subtraction itself.
             rows = np.flatnonzero(target[1:] != target[:-1]) + 1
             if target[0] != self._targets[s]:
                 rows = np.concatenate(([0], rows))
@@ -397,28 +398,28 @@ class Engine:
                 new_orders.append((gpos, rows, target[rows] - before, s))
             self._targets[s] = float(target[-1])
 
-        # Order ids in global submission order, exactly as the per-tick path would number them.
-        f_gpos: list[int] = []
-        f_oid: list[int] = []
-        f_sym: list[int] = []
-        f_qty: list[float] = []
-        f_sub: list[int] = []
-        for s in sub_idx:  # orders carried from earlier chunks have smaller ids
-            keep = []
-            ts_s = ts if sub_idx[s] is None else ts[sub_idx[s]]
-            for oid, qty, eligible, submit_ts in self._carried[s]:
+        # Fills due in this chunk, one array each: global row, order id, symbol, qty, submit ts.
+        parts: list[tuple[np.ndarray, ...]] = []
+        for s, idx in sub_idx.items():  # orders carried from earlier chunks have smaller ids
+            if not self._carried[s]:
+                continue
+            ts_s = ts if idx is None else ts[idx]
+            due, keep = [], []
+            for c_oid, c_qty, eligible, c_sub in self._carried[s]:
                 j = int(np.searchsorted(ts_s, eligible, side="left"))
                 if j < len(ts_s):
-                    idx = sub_idx[s]
-                    f_gpos.append(j if idx is None else int(idx[j]))
-                    f_oid.append(oid)
-                    f_sym.append(s)
-                    f_qty.append(qty)
-                    f_sub.append(submit_ts)
+                    due.append((j if idx is None else int(idx[j]), c_oid, s, c_qty, c_sub))
                 else:
-                    keep.append((oid, qty, eligible, submit_ts))
+                    keep.append((c_oid, c_qty, eligible, c_sub))
             self._carried[s] = keep
+            if due:
+                cols = list(zip(*due))
+                parts.append((np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=np.int64),
+                              np.array(cols[2], dtype=np.int64),
+                              np.array(cols[3], dtype=np.float64),
+                              np.array(cols[4], dtype=np.int64)))
         if new_orders:
+            # Order ids in global submission order, exactly as the per-tick path numbers them.
             all_gpos = np.concatenate([o[0] for o in new_orders])
             order_of = np.argsort(all_gpos, kind="stable")
             ids = np.empty(len(all_gpos), dtype=np.int64)
@@ -435,11 +436,8 @@ class Engine:
                 j = np.maximum(np.searchsorted(ts_s, submit + lat, side="left"), rows + 1)
                 ok = j < len(ts_s)
                 fj = j[ok]
-                f_gpos.extend((fj if idx is None else idx[fj]).tolist())
-                f_oid.extend(oids[ok].tolist())
-                f_sym.extend([s] * int(ok.sum()))
-                f_qty.extend(qty[ok].tolist())
-                f_sub.extend(submit[ok].tolist())
+                parts.append((fj if idx is None else idx[fj], oids[ok],
+                              np.full(len(fj), s, dtype=np.int64), qty[ok], submit[ok]))
                 for oid, q, sub_t in zip(oids[~ok].tolist(), qty[~ok].tolist(),
                                          submit[~ok].tolist()):
                     self._carried[s].append((oid, q, sub_t + lat, sub_t))
@@ -458,17 +456,15 @@ class Engine:
         # its first row and those at or after it.
         fills: list[list[Any]] = [[] for _ in range(7)]
         cuts = [0] * len(bounds)
-        if f_gpos:
-            gpos = np.asarray(f_gpos, dtype=np.int64)
-            order = np.lexsort((np.asarray(f_oid), gpos))
-            gpos = gpos[order]
-            qty = np.asarray(f_qty, dtype=np.float64)[order]
-            p = price[gpos]
-            px = np.where(qty > 0.0, p * (1.0 + self._slip), p * (1.0 - self._slip))
-            fills = [np.asarray(f_oid)[order].tolist(), np.asarray(f_sub)[order].tolist(),
-                     np.asarray(f_sym)[order].tolist(), ts[gpos].tolist(), qty.tolist(),
-                     px.tolist(), p.tolist()]
-            cuts = np.searchsorted(gpos, bounds, side="left").tolist()
+        if parts:
+            at, oid_f, sym_f, qty_f, sub_f = (np.concatenate(col) for col in zip(*parts))
+            order = np.lexsort((oid_f, at))
+            at, qty_f = at[order], qty_f[order]
+            mark = price[at]
+            px = np.where(qty_f > 0.0, mark * (1.0 + self._slip), mark * (1.0 - self._slip))
+            fills = [oid_f[order].tolist(), sub_f[order].tolist(), sym_f[order].tolist(),
+                     ts[at].tolist(), qty_f.tolist(), px.tolist(), mark.tolist()]
+            cuts = np.searchsorted(at, bounds, side="left").tolist()
         done = 0
         for b, cut in zip(bounds, cuts):
             if cut > done:

@@ -197,25 +197,29 @@ class SweepWorkflow:
         self._total = len(points)
         rows: list[dict[str, Any]] = [{} for _ in points]
 
+        # A semaphore, not wait_condition + counter: several waiters woken in one activation
+        # would all see a free slot before any of them took it.
+        slots = asyncio.Semaphore(sweep.max_concurrent)
+
         async def one(i: int, params: dict[str, Any]) -> None:
-            await workflow.wait_condition(lambda: self._running < sweep.max_concurrent)
-            self._running += 1
             job_id = f"{sweep.sweep_id}-p{i:03d}"
             spec = dict(sweep.base.spec)
             spec["params"] = {**spec.get("params", {}), **params}
             row: dict[str, Any] = {"job_id": job_id, "params": params}
-            try:
-                result = await workflow.execute_child_workflow(
-                    BacktestWorkflow.run, JobInput(job_id, spec, sweep.base.bundle,
-                                                   sweep.base.options),
-                    id=job_id, result_type=JobResult)
-                row.update(status="SUCCEEDED", result_hash=result.result_hash,
-                           value=result.metrics.get(sweep.metric), metrics=result.metrics)
-            except ChildWorkflowError as e:
-                row.update(status="FAILED", error=_cause_message(e), value=None)
-            finally:
-                self._running -= 1
-                self._done += 1
+            async with slots:
+                self._running += 1
+                try:
+                    result = await workflow.execute_child_workflow(
+                        BacktestWorkflow.run, JobInput(job_id, spec, sweep.base.bundle,
+                                                       sweep.base.options),
+                        id=job_id, result_type=JobResult)
+                    row.update(status="SUCCEEDED", result_hash=result.result_hash,
+                               value=result.metrics.get(sweep.metric), metrics=result.metrics)
+                except ChildWorkflowError as e:
+                    row.update(status="FAILED", error=_cause_message(e), value=None)
+                finally:
+                    self._running -= 1
+                    self._done += 1
             rows[i] = row
 
         await asyncio.gather(*(one(i, p) for i, p in enumerate(points)))
