@@ -25,6 +25,10 @@ test-unit: setup
 
 bench: setup
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_temporal.py
+
+chaos: setup
+	$(PY) tests/integration/chaos.py $(or $(ROUNDS),20)
 
 demo: setup
 	$(PY) -m tickreplay.demo

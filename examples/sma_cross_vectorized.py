@@ -74,7 +74,7 @@ class SmaCrossVectorized(Strategy):
                 np.sign(d, out=valid)
                 valid *= qty
                 if not d.all():  # equal means: keep the previous target (forward fill)
-                    _forward_fill(valid, d, prev if first == 0 else out[first - 1])
+                    _forward_fill(valid, d, prev)
             prev = float(out[-1])
             seen += k
             keep = min(slow - 1, m + k)
@@ -85,11 +85,15 @@ class SmaCrossVectorized(Strategy):
 
 
 def _forward_fill(valid: np.ndarray, d: np.ndarray, prev: float) -> None:
-    """Rows where ``d == 0`` take the target of the row before (``prev`` before the first)."""
+    """Rows where ``d == 0`` take the target of the row before (``prev`` before the first).
+
+    Works on the tie rows only (a few dozen per block on cent-priced data), run by run: each
+    run of consecutive ties copies the row just before it, which is not a tie.
+    """
     ties = np.flatnonzero(d == 0)
-    if len(ties) <= 64:  # ties are rare on real prices: a short loop beats whole-block passes
-        for i in ties.tolist():
-            valid[i] = valid[i - 1] if i else prev
-        return
-    src = np.maximum.accumulate(np.where(d != 0, np.arange(len(d)), -1))
-    valid[:] = np.where(src >= 0, valid[np.maximum(src, 0)], prev)
+    starts = np.ones(len(ties), dtype=bool)
+    starts[1:] = ties[1:] != ties[:-1] + 1
+    src = ties[starts] - 1
+    fill = valid[np.maximum(src, 0)]
+    fill[src < 0] = prev
+    valid[ties] = fill[np.cumsum(starts) - 1]
