@@ -176,7 +176,7 @@ def print_metrics(metrics: dict[str, Any], title: str = "metrics") -> None:
 def progress_bar() -> Progress:
     """The rich progress bar used by ``run`` and ``submit --wait``."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                    TextColumn("{task.completed:,.0f}/{task.total:,.0f} ticks"),
+                    TextColumn("{task.fields[count]}"),
                     TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[simdate]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
 
@@ -221,10 +221,12 @@ def run(
         if bar is None:
             return
         if task is None:
-            task = bar.add_task("backtest", total=p.ticks_total or None, rate="", simdate="")
+            task = bar.add_task("backtest", total=p.ticks_total or None, rate="", simdate="",
+                                count="")
         day = dt.datetime.fromtimestamp(p.sim_ts / 1e9, tz=dt.UTC).date().isoformat()
         rate = f"{p.ticks_done / p.elapsed_s / 1e6:.2f} M ticks/s" if p.elapsed_s > 0 else ""
-        bar.update(task, completed=p.ticks_done, rate=rate, simdate=day)
+        bar.update(task, completed=p.ticks_done, rate=rate, simdate=day,
+                   count=f"{p.ticks_done:,}/{p.ticks_total:,} ticks")
 
     try:
         if bar is not None:

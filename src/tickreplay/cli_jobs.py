@@ -55,15 +55,16 @@ async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
     from tickreplay.jobs import status
 
     bar = progress_bar()
-    task = bar.add_task(job_id, total=None, rate="", simdate="")
+    task = bar.add_task(job_id, total=None, rate="", simdate="", count="")
     with bar:
         while True:
             st = await status(client, job_id)
             if st.get("ticks_total"):
                 day = (dt.datetime.fromtimestamp(st["sim_ts"] / 1e9, tz=dt.UTC).date().isoformat()
                        if st.get("sim_ts") else "")
-                bar.update(task, total=st["ticks_total"], completed=st.get("ticks_done", 0),
-                           simdate=day, rate=st.get("stage", ""))
+                done = st.get("ticks_done", 0)
+                bar.update(task, total=st["ticks_total"], completed=done, simdate=day,
+                           rate=st.get("stage", ""), count=f"{done:,}/{st['ticks_total']:,} ticks")
             if st["status"] not in ("RUNNING", "PENDING"):
                 return st
             await asyncio.sleep(0.5)
