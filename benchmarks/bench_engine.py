@@ -24,7 +24,7 @@ END_20 = "2024-01-29"  # 20 weekdays -> 20 M ticks
 PARAMS = {"fast": 50, "slow": 500, "qty": 100}
 
 
-def _settings():  # noqa: ANN202 - bench-local helper
+def _settings():
     from tickreplay.settings import Settings
 
     return Settings(home=DATA / "home", cache_max_bytes=50 * 1024**3)
@@ -43,7 +43,7 @@ def ensure_data() -> None:
     marker.touch()
 
 
-def _plan(end: str):  # noqa: ANN202
+def _plan(end: str):
     from tickreplay.backtest import count_ticks, fetch_plan
     from tickreplay.data.cache import PartitionCache
     from tickreplay.data.catalog import plan_data
@@ -64,7 +64,7 @@ def case(name: str, end: str) -> dict:
     from tickreplay.strategy.loader import bundle_from_spec
 
     plan, paths, total = _plan(end)
-    resolve = lambda p: paths[p.key]  # noqa: E731
+    resolve = lambda p: paths[p.key]
     cfg = RunConfig(latency_ns=1_000_000, slippage_bps=1,
                     commission=Commission(per_share=0.005, minimum=1.0))
     t0 = time.perf_counter()

@@ -22,20 +22,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from wfkit import spawn_worker, stop_process  # noqa: E402
+from wfkit import spawn_worker, stop_process
 
-from tickreplay import jobs  # noqa: E402
-from tickreplay.backtest import (  # noqa: E402
-    count_ticks, fetch_plan, run_local, simulate, validated_params)
-from tickreplay.data.cache import PartitionCache  # noqa: E402
-from tickreplay.data.catalog import plan_data  # noqa: E402
-from tickreplay.data.generate import generate  # noqa: E402
-from tickreplay.data.store import S3Store, open_store  # noqa: E402
-from tickreplay.results import write_results  # noqa: E402
-from tickreplay.services import SeaweedFS, TemporalDevServer  # noqa: E402
-from tickreplay.settings import Settings  # noqa: E402
-from tickreplay.spec import BacktestSpec  # noqa: E402
-from tickreplay.strategy.loader import bundle_from_spec  # noqa: E402
+from tickreplay import jobs
+from tickreplay.backtest import count_ticks, fetch_plan, run_local, simulate, validated_params
+from tickreplay.data.cache import PartitionCache
+from tickreplay.data.catalog import plan_data
+from tickreplay.data.generate import generate
+from tickreplay.data.store import S3Store, open_store
+from tickreplay.results import write_results
+from tickreplay.services import SeaweedFS, TemporalDevServer
+from tickreplay.settings import Settings
+from tickreplay.spec import BacktestSpec
+from tickreplay.strategy.loader import bundle_from_spec
 
 REPEAT = 3
 

@@ -15,7 +15,7 @@ SCALE = 1_000_000  # prices as integer micro-dollars
 
 
 class _State:
-    __slots__ = ("buf", "n", "fast_sum", "slow_sum", "target")
+    __slots__ = ("buf", "fast_sum", "n", "slow_sum", "target")
 
     def __init__(self, slow: int) -> None:
         self.buf = [0] * slow  # ring buffer of the last `slow` prices

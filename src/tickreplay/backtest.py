@@ -82,7 +82,7 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
                 if stop.is_set():
                     return
             q.put(("end", None))
-        except BaseException as e:  # handed to the consumer, raised there
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
             q.put(("error", e))
 
     thread = threading.Thread(target=work, name="tickreplay-prefetch", daemon=True)

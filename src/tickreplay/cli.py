@@ -132,7 +132,7 @@ def data_query(url: Annotated[str, typer.Argument(help="Catalog URL")],
 
     try:
         result = query(url, sql, _settings())
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - DuckDB raises many types; all are user errors
         raise _fail(f"query failed: {e}") from None
     table = Table(show_lines=False)
     for name in result.column_names:

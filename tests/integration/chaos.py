@@ -19,17 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from wfkit import EXAMPLES, server_heartbeat, spawn_worker, stop_process, wait_for  # noqa: E402
+from wfkit import EXAMPLES, server_heartbeat, spawn_worker, stop_process, wait_for
 
-from tickreplay import jobs  # noqa: E402
-from tickreplay.backtest import run_local  # noqa: E402
-from tickreplay.data.generate import generate  # noqa: E402
-from tickreplay.data.store import S3Store  # noqa: E402
-from tickreplay.results import result_hash  # noqa: E402
-from tickreplay.services import SeaweedFS, TemporalDevServer  # noqa: E402
-from tickreplay.settings import Settings  # noqa: E402
-from tickreplay.spec import BacktestSpec  # noqa: E402
-from tickreplay.workflows.types import JobOptions  # noqa: E402
+from tickreplay import jobs
+from tickreplay.backtest import run_local
+from tickreplay.data.generate import generate
+from tickreplay.data.store import S3Store
+from tickreplay.results import result_hash
+from tickreplay.services import SeaweedFS, TemporalDevServer
+from tickreplay.settings import Settings
+from tickreplay.spec import BacktestSpec
+from tickreplay.workflows.types import JobOptions
 
 
 async def one_round(settings: Settings, spec: BacktestSpec, expected: str, kill_after: int,

@@ -17,8 +17,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import CancelledError
+from wfkit import (
+    EXAMPLES,
+    HISTORIES,
+    record_history,
+    server_heartbeat,
+    spawn_worker,
+    stop_process,
+    wait_for,
+)
 
 from tickreplay import jobs
 from tickreplay.backtest import run_local
@@ -28,8 +37,6 @@ from tickreplay.results import result_hash
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.workflows.types import JobOptions, SweepInput
-
-from wfkit import EXAMPLES, HISTORIES, record_history, server_heartbeat, spawn_worker, stop_process, wait_for
 
 pytestmark = pytest.mark.integration
 FAST_FAILOVER = dict(heartbeat_timeout_s=3.0, schedule_to_start_s=3.0)

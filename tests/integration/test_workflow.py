@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
+from wfkit import EXAMPLES, record_history
 
 from tickreplay import jobs
 from tickreplay.backtest import run_local
@@ -19,8 +20,6 @@ from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.workers.main import run_worker
 from tickreplay.workflows.types import JobOptions
-
-from wfkit import EXAMPLES, record_history
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +87,7 @@ async def test_strategy_exception_fails_the_job_and_the_worker_serves_the_next(
     bad.write_text("from tickreplay import Strategy\n\nclass Bad(Strategy):\n"
                    "    def on_tick(self, tick):\n        if tick.price > 0:\n"
                    "            raise ValueError('strategy bug here')\n")
-    job = jobs.prepare(spec_for(wf_settings, str(bad), **{}).model_copy(update={"params": {}}))
+    job = jobs.prepare(spec_for(wf_settings, str(bad)).model_copy(update={"params": {}}))
     handle = await jobs.submit(client, wf_settings, job)
     with pytest.raises(WorkflowFailureError) as e:
         await asyncio.wait_for(handle.result(), 120)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from enginekit import DAY, chunk, run
+
 from tickreplay import Strategy
 from tickreplay.engine.config import Commission, RunConfig
 from tickreplay.strategy.api import StrategyError

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from enginekit import DAY, random_stream, run, split
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from enginekit import DAY, random_stream, run, split
 from tickreplay import Strategy
 from tickreplay.engine.config import Commission, RunConfig
 from tickreplay.engine.core import CheckpointError, Engine

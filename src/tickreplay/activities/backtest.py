@@ -37,6 +37,7 @@ class BacktestActivities:
         self.node_queue = node_queue
         self.node = node
         self.cache = PartitionCache(settings.resolved_cache_dir(), settings.cache_max_bytes)
+        self.pool: RunnerPool | None = None  # created on first use, inside the event loop
 
     # ------------------------------------------------------------------ helpers
     def _artifacts(self) -> Any:
@@ -50,7 +51,7 @@ class BacktestActivities:
         key = f"jobs/{job_id}/events/{time.time_ns():020d}-{kind}.json"
         try:
             self._artifacts().put_bytes(key, json.dumps(rec, default=str).encode())
-        except Exception:  # an event log hiccup must never fail the job
+        except Exception:  # noqa: BLE001 - an event log hiccup must never fail the job
             activity.logger.warning("could not write event %s for %s", kind, job_id)
 
     # ------------------------------------------------------------------ activities
@@ -186,7 +187,9 @@ class BacktestActivities:
             "resume": {k: state[k] for k in ("checkpoint_key", "ticks_done")},
             "memory_mb": self.settings.run_memory_mb,
         }
-        runner = _Runner(self.settings, job)
+        if self.pool is None:
+            self.pool = RunnerPool(self.settings)
+        runner = _Runner(self.pool, job)
         await runner.start()
         activity.heartbeat(dict(state))
         shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
@@ -262,7 +265,7 @@ class BacktestActivities:
         try:
             self._artifacts().put_bytes(f"jobs/{job_id}/error.json",
                                         json.dumps(err, indent=2).encode())
-        except Exception:
+        except Exception:  # noqa: BLE001 - the error still reaches the workflow
             activity.logger.warning("could not store the error of %s", job_id)
         self._event(job_id, "run_failed", error_type=msg["kind"], message=msg["message"])
         raise ApplicationError(msg["message"], {"traceback": msg.get("traceback")},
@@ -276,30 +279,71 @@ class BacktestActivities:
             await handle.signal("progress", t.Progress(
                 final if final is not None else state["progress"], state["ticks_total"],
                 state["sim_ts"]))
-        except Exception:  # progress is best effort; the run itself must go on
+        except Exception:  # noqa: BLE001 - progress is best effort; the run goes on
             activity.logger.debug("progress signal failed", exc_info=True)
+
+
+class RunnerPool:
+    """Keeps one runner process spawned ahead of need (imports done, waiting for its job)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._spare: asyncio.Task[tuple[asyncio.subprocess.Process, Any]] | None = None
+
+    async def _spawn(self) -> tuple[asyncio.subprocess.Process, Any]:
+        from tickreplay.runner.child import die_with_parent
+
+        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the _Runner using it
+        env = {**os.environ, **self.settings.to_env()}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tickreplay.runner.child", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
+            preexec_fn=die_with_parent, start_new_session=True, limit=2**24)
+        return proc, stderr
+
+    async def acquire(self) -> tuple[asyncio.subprocess.Process, Any]:
+        """A live, idle runner process; a replacement starts spawning at once."""
+        proc, stderr = None, None
+        if self._spare is not None:
+            try:
+                proc, stderr = await self._spare
+            except OSError:
+                proc = None
+            if proc is not None and proc.returncode is not None:
+                proc = None
+        if proc is None:
+            proc, stderr = await self._spawn()
+        self._spare = asyncio.ensure_future(self._spawn())
+        return proc, stderr
+
+    async def close(self) -> None:
+        """Let the spare runner exit (EOF on its stdin)."""
+        if self._spare is not None:
+            try:
+                proc, stderr = await self._spare
+            except OSError:
+                return
+            if proc.stdin is not None:
+                proc.stdin.close()
+            await proc.wait()
+            stderr.close()
+            self._spare = None
 
 
 class _Runner:
     """The child process running the engine, and its message pipe."""
 
-    def __init__(self, settings: Settings, job: dict[str, Any]) -> None:
-        self.settings = settings
+    def __init__(self, pool: RunnerPool, job: dict[str, Any]) -> None:
+        self.pool = pool
         self.job = job
         self.proc: asyncio.subprocess.Process | None = None
         self.messages: list[dict[str, Any]] = []
         self._event = asyncio.Event()
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr: Any = None
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        from tickreplay.runner.child import die_with_parent
-
-        env = {**os.environ, **self.settings.to_env()}
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tickreplay.runner.child", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=self._stderr, env=env,
-            preexec_fn=die_with_parent, start_new_session=True, limit=2**24)
+        self.proc, self._stderr = await self.pool.acquire()
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(self.job).encode() + b"\n")
         await self.proc.stdin.drain()
@@ -351,6 +395,8 @@ class _Runner:
         return code
 
     def stderr_tail(self, n: int = 4000) -> str:
+        if self._stderr is None:
+            return ""
         self._stderr.seek(0, os.SEEK_END)
         size = self._stderr.tell()
         self._stderr.seek(max(0, size - n))

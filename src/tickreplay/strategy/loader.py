@@ -132,7 +132,7 @@ def _import_bundle(bundle: StrategyBundle, mod_name: str) -> ModuleType:
     module.__file__ = f"<strategy {bundle.entry}>"
     sys.modules[mod_name] = module
     try:
-        exec(compile(code, bundle.entry, "exec"), module.__dict__)
+        exec(compile(code, bundle.entry, "exec"), module.__dict__)  # noqa: S102 - loading it is the point
     except Exception as e:
         del sys.modules[mod_name]
         tb = "".join(traceback.format_exception(e)[-6:])

@@ -60,6 +60,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
                 ready.set()
             await stop.wait()
             log.info("worker %s shutting down (grace %s)", node, grace)
+        if acts.pool is not None:
+            await acts.pool.close()
 
 
 def main() -> None:
