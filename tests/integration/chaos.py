@@ -38,7 +38,7 @@ async def one_round(settings: Settings, spec: BacktestSpec, expected: str, kill_
     first = spawn_worker(settings, logs / "w1.log")
     second = None
     try:
-        job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.15,
+        job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.1,
                                                     heartbeat_timeout_s=3,
                                                     schedule_to_start_s=3))
         handle = await jobs.submit(client, settings, job)
@@ -50,7 +50,7 @@ async def one_round(settings: Settings, spec: BacktestSpec, expected: str, kill_
             hb = await server_heartbeat(client, job.job_id)
             return bool(hb and hb.get("checkpoint_key"))
 
-        await wait_for(checkpointed, 120, 0.05)
+        await wait_for(checkpointed, 60, 0.05)
         os.killpg(first.pid, signal.SIGKILL)
         second = spawn_worker(settings, logs / "w2.log")
         result = await asyncio.wait_for(handle.result(), 300)
@@ -87,7 +87,7 @@ async def main(rounds: int) -> int:
         rng = random.Random(2024)
         passed = 0
         for i in range(rounds):
-            kill_after = rng.randint(1, 8)
+            kill_after = rng.randint(1, 6)
             t0 = time.monotonic()
             ok, info = await one_round(settings, spec, expected, kill_after, base)
             passed += ok

@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import signal
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from temporalio.exceptions import CancelledError
 from wfkit import (
     EXAMPLES,
     HISTORIES,
+    isolated_settings,
     record_history,
     server_heartbeat,
     spawn_worker,
@@ -31,7 +31,6 @@ from wfkit import (
 
 from tickreplay import jobs
 from tickreplay.backtest import run_local
-from tickreplay.data.generate import generate
 from tickreplay.data.store import S3Store
 from tickreplay.results import result_hash
 from tickreplay.settings import Settings
@@ -39,22 +38,13 @@ from tickreplay.spec import BacktestSpec
 from tickreplay.workflows.types import JobOptions, SweepInput
 
 pytestmark = pytest.mark.integration
-FAST_FAILOVER = dict(heartbeat_timeout_s=3.0, schedule_to_start_s=3.0)
+FAST_FAILOVER = {"heartbeat_timeout_s": 3.0, "schedule_to_start_s": 3.0}
 
 
 @pytest.fixture(scope="module")
 def dsettings(s3_server: Settings, temporal_address: str, tmp_path_factory) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = s3_server.model_copy(update={
-        "temporal_address": temporal_address, "task_queue": f"dq-{tag}",
-        "results_bucket": f"results-{tag}", "artifacts_bucket": f"artifacts-{tag}",
-        "data_bucket": f"data-{tag}", "cache_dir": tmp_path_factory.mktemp("dcache"),
-        "shutdown_grace_s": 30.0, "max_concurrent_runs": 2})
-    for b in (s.results_bucket, s.artifacts_bucket, s.data_bucket):
-        S3Store(b, settings=s).ensure_bucket()
-    generate(S3Store(s.data_bucket, settings=s), ["CCC", "DDD"], "2024-04-01", "2024-04-05",
-             ticks_per_day=150_000, seed=9)
-    return s
+    return isolated_settings(s3_server, temporal_address, tmp_path_factory.mktemp("dcache"),
+                             ["CCC", "DDD"], "2024-04-01", "2024-04-05", 150_000, seed=9)
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +98,13 @@ def events(settings: Settings, job_id: str) -> list[dict]:
     return jobs.job_logs(settings, job_id)["events"]
 
 
-@pytest.mark.parametrize("kill_after_checkpoints", [1, 3, 6])
+@pytest.mark.parametrize("kill_after_checkpoints", [1, 3, 5])
 async def test_sigkilled_worker_is_replaced_and_the_result_is_identical(
         dsettings: Settings, long_spec: BacktestSpec, reference_hash: str, workers: list,
         tmp_path: Path, kill_after_checkpoints: int) -> None:
     client = await jobs.connect(dsettings)
     workers.append(spawn_worker(dsettings, tmp_path / "w1.log"))
-    job = jobs.prepare(long_spec, options=JobOptions(checkpoint_every_s=0.15, **FAST_FAILOVER))
+    job = jobs.prepare(long_spec, options=JobOptions(checkpoint_every_s=0.1, **FAST_FAILOVER))
     handle = await jobs.submit(client, dsettings, job)
     async def checkpointed() -> bool:  # k checkpoints stored AND the server knows of one
         if len(checkpoints(dsettings, job.job_id)) < kill_after_checkpoints:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
-from wfkit import EXAMPLES, record_history
+from wfkit import EXAMPLES, isolated_settings, record_history
 
 from tickreplay import jobs
 from tickreplay.backtest import run_local
-from tickreplay.data.generate import generate
-from tickreplay.data.store import S3Store
 from tickreplay.results import result_hash
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
@@ -26,17 +23,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="session")
 def wf_settings(s3_server: Settings, temporal_address: str, tmp_path_factory) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    s = s3_server.model_copy(update={
-        "temporal_address": temporal_address, "task_queue": f"tq-{tag}",
-        "results_bucket": f"results-{tag}", "artifacts_bucket": f"artifacts-{tag}",
-        "data_bucket": f"data-{tag}", "cache_dir": tmp_path_factory.mktemp("wfcache"),
-        "shutdown_grace_s": 20.0, "max_concurrent_runs": 2})
-    for b in (s.results_bucket, s.artifacts_bucket, s.data_bucket):
-        S3Store(b, settings=s).ensure_bucket()
-    generate(S3Store(s.data_bucket, settings=s), ["AAA", "BBB"], "2024-03-04", "2024-03-08",
-             ticks_per_day=4000, seed=3)
-    return s
+    return isolated_settings(s3_server, temporal_address, tmp_path_factory.mktemp("wfcache"),
+                             ["AAA", "BBB"], "2024-03-04", "2024-03-08", 4000, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -68,3 +68,24 @@ async def server_heartbeat(client: Any, job_id: str) -> dict[str, Any] | None:
             (details, *_) = await client.data_converter.decode(act.heartbeat_details.payloads)
             return details
     return None
+
+
+def isolated_settings(base: Settings, temporal_address: str, cache_dir: Path, symbols: list[str],
+                      start: str, end: str, ticks_per_day: int, seed: int) -> Settings:
+    """Settings with their own queue and buckets on the shared servers, and sample data in S3."""
+    import uuid
+
+    from tickreplay.data.generate import generate
+    from tickreplay.data.store import S3Store
+
+    tag = uuid.uuid4().hex[:8]
+    s = base.model_copy(update={
+        "temporal_address": temporal_address, "task_queue": f"q-{tag}",
+        "results_bucket": f"results-{tag}", "artifacts_bucket": f"artifacts-{tag}",
+        "data_bucket": f"data-{tag}", "cache_dir": cache_dir, "shutdown_grace_s": 30.0,
+        "max_concurrent_runs": 2})
+    for b in (s.results_bucket, s.artifacts_bucket, s.data_bucket):
+        S3Store(b, settings=s).ensure_bucket()
+    generate(S3Store(s.data_bucket, settings=s), symbols, start, end,
+             ticks_per_day=ticks_per_day, seed=seed)
+    return s
