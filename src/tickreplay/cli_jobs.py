@@ -51,10 +51,12 @@ async def _client() -> Any:
                     "is the stack up? (`tickreplay up`)") from None
 
 
-async def _wait_with_progress(client: Any, job_id: str) -> dict[str, Any]:
+async def _wait(client: Any, job_id: str, show_progress: bool) -> dict[str, Any]:
+    """Poll the job's status query until it ends, with a progress bar if asked."""
     from tickreplay.jobs import status
 
     bar = progress_bar()
+    bar.disable = not show_progress
     task = bar.add_task(job_id, total=None, rate="", simdate="", count="")
     with bar:
         while True:
@@ -126,12 +128,7 @@ def register(app: typer.Typer) -> None:
                 return
             if not as_json:
                 err.print(f"submitted {job.job_id}")
-            st = await _wait_with_progress(client, job.job_id) if not as_json else None
-            if st is None:
-                from tickreplay.jobs import status
-
-                while (st := await status(client, job.job_id))["status"] in ("RUNNING", "PENDING"):
-                    await asyncio.sleep(0.5)
+            st = await _wait(client, job.job_id, show_progress=not as_json)
             _print_status(st, as_json)
             if st["status"] != "SUCCEEDED":
                 raise typer.Exit(1)

@@ -76,10 +76,10 @@ async def status(client: Client, job_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"job_id": job_id, "status": _STATUS.get(desc.status, str(desc.status))}
     try:
         out.update(await handle.query("status"))
-        out["status"] = _STATUS.get(desc.status, out["status"]) if desc.status != \
-            WorkflowExecutionStatus.RUNNING else out["status"]
     except Exception as e:  # noqa: BLE001 - no worker to answer: describe() is all we have
         out["query_error"] = str(e)
+    if desc.status != WorkflowExecutionStatus.RUNNING:  # a closed run: Temporal's word is final
+        out["status"] = _STATUS.get(desc.status, str(desc.status))
     return out
 
 

@@ -6,7 +6,7 @@ operations, so the per-tick and vectorised paths, and a resumed run, give identi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import MutableSequence, Sequence
 
 
 class Portfolio:
@@ -24,8 +24,9 @@ class Portfolio:
 
     def apply_fills(
         self, syms: Sequence[int], qtys: Sequence[float], prices: Sequence[float],
-        fees: Sequence[float], realized_out: list[float], closes_out: list[bool],
-        pos_out: list[float], cash_out: list[float],
+        fees: Sequence[float], realized_out: MutableSequence[float],
+        closes_out: MutableSequence[bool], pos_out: MutableSequence[float],
+        cash_out: MutableSequence[float],
     ) -> None:
         """Apply fills in order; the only place money and positions change.
 
