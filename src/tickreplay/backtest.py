@@ -122,7 +122,10 @@ def simulate(
     engine = (Engine.restore(checkpoint, strategy) if checkpoint
               else Engine(strategy, plan.symbols, config))
     engine.start()
-    columns = ["price", "size", *(c for c in strategy.columns if c not in ("price", "size", "ts"))]
+    # The per-tick path always fills tick.price and tick.size; the vectorised path reads only
+    # what the strategy declares (plus price, which fills need).
+    base = ["price"] if engine.vectorized else ["price", "size"]
+    columns = [*base, *(c for c in strategy.columns if c not in (*base, "ts", "symbol"))]
     stream = prefetch(open_tick_stream(plan, columns, resolve,
                                        batch_size=VECTOR_BATCH if engine.vectorized else TICK_BATCH,
                                        offsets=engine.offsets()))
