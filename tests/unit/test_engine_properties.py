@@ -201,3 +201,14 @@ def test_strategy_file_that_fails_to_import_says_so(tmp_path: Path) -> None:
     none.write_text("x = 1\n")
     with pytest.raises(StrategyError, match="exactly one Strategy subclass"):
         load_strategy(str(none))
+
+
+def test_checkpoint_of_another_format_version_is_refused() -> None:
+    import struct
+
+    eng = Engine(load_strategy(str(EXAMPLES / "sma_cross.py"))[0], ("A",), RunConfig())
+    eng.start()
+    blob = bytearray(eng.checkpoint())
+    blob[6:8] = struct.pack(">H", 1)  # what an older engine wrote
+    with pytest.raises(CheckpointError, match="checkpoint version 1"):
+        Engine.restore(bytes(blob), load_strategy(str(EXAMPLES / "sma_cross.py"))[0])

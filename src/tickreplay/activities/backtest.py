@@ -207,6 +207,9 @@ class BacktestActivities:
                     elif kind == "checkpoint":
                         state.update(checkpoint_key=msg["key"], ticks_done=msg["ticks_done"])
                         activity.heartbeat(dict(state))
+                    elif kind == "warning":
+                        state.update(checkpoint_key=None, ticks_done=0)
+                        self._event(inp.job_id, "checkpoint_discarded", message=msg["message"])
                     elif kind == "stopped":
                         self._event(inp.job_id, "run_stopped", ticks_done=state["ticks_done"],
                                     checkpoint_key=state["checkpoint_key"])

@@ -45,7 +45,7 @@ from tickreplay.strategy.api import Strategy, StrategyError, Tick
 ENGINE_VERSION = "1.0"
 DAY_NS = 86_400 * 1_000_000_000
 _CKPT_MAGIC = b"TRCKPT"
-_CKPT_VERSION = 1
+_CKPT_VERSION = 2  # 2: the trade record is stored as typed arrays
 _EXTRA_COLUMNS = ("bid", "ask", "bid_size", "ask_size", "exchange", "conditions")
 
 TRADE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (

@@ -115,6 +115,16 @@ def run(job: dict[str, Any], out: _Out, stop: threading.Event) -> int:
     def on_progress(p: Any) -> None:
         out.send("progress", ticks_done=p.ticks_done, ticks_total=p.ticks_total, sim_ts=p.sim_ts)
 
+    if blob is not None:
+        from tickreplay.engine.core import CheckpointError, Engine
+        from tickreplay.strategy.loader import load_strategy
+
+        try:  # a checkpoint from another engine version or damaged in storage: start over
+            Engine.restore(blob, load_strategy(bundle, params)[0])
+        except CheckpointError as e:
+            out.send("warning", message=f"checkpoint {resume['checkpoint_key']} unusable ({e}); "
+                                        "starting from the first tick")
+            blob, resume = None, {}
     out.send("started", resumed_from=resume.get("ticks_done", 0), pid=os.getpid())
     try:
         result = simulate(bundle, params, plan, spec.config, lambda p: cache.fetch(data, p),
