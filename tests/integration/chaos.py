@@ -52,9 +52,12 @@ async def one_round(settings: Settings, spec: BacktestSpec, expected: str, kill_
 
         await wait_for(checkpointed, 60, 0.05)
         os.killpg(first.pid, signal.SIGKILL)
+        killed = time.monotonic()
         second = spawn_worker(settings, logs / "w2.log")
         result = await asyncio.wait_for(handle.result(), 300)
-        return result.result_hash == expected, f"{job.job_id} hash {result.result_hash[:12]}"
+        return result.result_hash == expected, (
+            f"{job.job_id} hash {result.result_hash[:12]}, "
+            f"finished {time.monotonic() - killed:.1f} s after the kill")
     except Exception as e:  # noqa: BLE001 - a chaos round reports, never aborts the run
         return False, f"error: {e!r}"
     finally:

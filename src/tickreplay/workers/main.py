@@ -46,7 +46,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
                         activities=[acts.resolve_strategy, acts.plan_data, acts.warm_cache,
                                     acts.publish_results],
                         activity_executor=pool, graceful_shutdown_timeout=grace,
-                        max_concurrent_activities=8)
+                        max_concurrent_activities=8,
+                        # A dead worker's sticky queue holds its workflows' next task until
+                        # this expires (default 10 s), delaying every re-placement by as much.
+                        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2))
         # Heartbeats carry checkpoint keys: send them within ~1 s rather than the default
         # 0.8 x heartbeat timeout, so a lost node resumes from its newest checkpoint.
         runner = Worker(client, task_queue=node_queue, activities=[acts.run_backtest],
