@@ -177,3 +177,27 @@ def test_bad_inputs_are_rejected_with_a_clear_message(catalog: Path, tmp_path: P
            str(tmp_path / "out"), "--quiet", *[x for kv in base.items() for x in kv], *args]
     p = tr(*cmd, env=env_for(tmp_path / "home"), ok=False)
     assert needle in p.stderr.lower() or needle in p.stderr
+
+
+def test_ingest_any_column_naming_and_reject_bad_rows(tmp_path: Path) -> None:
+    env = env_for(tmp_path / "home")
+    good = tmp_path / "good.csv"
+    good.write_text("time,px,qty\n"
+                    "2024-03-04 14:30:00.000001,101.5,10\n"
+                    "2024-03-04 14:30:00.5,101.6,5\n"
+                    "2024-03-05 14:30:01,101.4,7\n")
+    tr("data", "ingest", str(good), "--symbol", "XYZ", "--ts-col", "time", "--price-col", "px",
+       "--size-col", "qty", "--out", str(tmp_path / "cat"), env=env)
+    parts = json.loads(tr("data", "ls", str(tmp_path / "cat"), "--json", env=env).stdout)
+    assert [(p["symbol"], p["date"]) for p in parts] == [("XYZ", "2024-03-04"),
+                                                         ("XYZ", "2024-03-05")]
+    table = pq.read_table(tmp_path / "cat" / "ticks" / "symbol=XYZ" / "date=2024-03-04" /
+                          "data.parquet")
+    assert table["ts"].to_pylist()[0] == 1709562600000001000  # microseconds kept, in ns
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,px,qty\n"
+                   "2024-03-04 14:30:02,101.5,10\n"
+                   "2024-03-04 14:30:01,101.6,5\n")
+    p = tr("data", "ingest", str(bad), "--symbol", "XYZ", "--ts-col", "time", "--price-col",
+           "px", "--size-col", "qty", "--out", str(tmp_path / "cat2"), env=env, ok=False)
+    assert "row 2" in p.stderr and "'time'" in p.stderr
