@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,6 +89,25 @@ def _print_status(st: dict[str, Any], as_json: bool) -> None:
         print_metrics(st["metrics"])
 
 
+def _run(coro: Any) -> None:
+    """Run a command's coroutine, then leave without interpreter finalization.
+
+    Tearing down the Temporal client's native runtime during finalization can abort a
+    short-lived process after it has done its work (seen: PyGILState_Release fatal error, exit
+    -6); output is flushed first, so nothing is lost.
+    """
+    code = 0
+    try:
+        asyncio.run(coro)
+    except typer.Exit as e:
+        code = e.exit_code
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the job commands to the ``tickreplay`` app."""
 
@@ -133,7 +153,7 @@ def register(app: typer.Typer) -> None:
             if st["status"] != "SUCCEEDED":
                 raise typer.Exit(1)
 
-        asyncio.run(go())
+        _run(go())
 
     @app.command("status")
     def status_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -148,7 +168,7 @@ def register(app: typer.Typer) -> None:
                 raise _fail(f"no such job {job_id!r} ({e})") from None
             _print_status(st, as_json)
 
-        asyncio.run(go())
+        _run(go())
 
     @app.command("results")
     def results_cmd(job_id: str, out: Annotated[Path, typer.Option(help="Directory")]) -> None:
@@ -193,7 +213,7 @@ def register(app: typer.Typer) -> None:
             await client.get_workflow_handle(job_id).cancel()
             console.print(f"cancel requested for {job_id}")
 
-        asyncio.run(go())
+        _run(go())
 
     @app.command("sweep")
     def sweep_cmd(
@@ -256,7 +276,7 @@ def register(app: typer.Typer) -> None:
                               row["status"], row["job_id"])
             console.print(table)
 
-        asyncio.run(go())
+        _run(go())
 
 
 def _points(grid: dict[str, list[Any]]) -> list[tuple[Any, ...]]:

@@ -207,6 +207,9 @@ class BacktestActivities:
                     elif kind == "checkpoint":
                         state.update(checkpoint_key=msg["key"], ticks_done=msg["ticks_done"])
                         activity.heartbeat(dict(state))
+                    elif kind == "started":
+                        self._event(inp.job_id, "runner_started", pid=msg["pid"],
+                                    resumed_from=msg["resumed_from"])
                     elif kind == "warning":
                         state.update(checkpoint_key=None, ticks_done=0)
                         self._event(inp.job_id, "checkpoint_discarded", message=msg["message"])
