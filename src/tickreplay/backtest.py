@@ -112,11 +112,14 @@ def simulate(
     on_checkpoint: Callable[[bytes, int], None] | None = None,
     checkpoint_every_s: float = 30.0,
     should_stop: Callable[[], bool] | None = None,
+    stats: dict[str, float] | None = None,
 ) -> EngineResult:
     """Drive the engine over the plan's merged stream, from the start or from a checkpoint.
 
     ``on_checkpoint(blob, ticks_done)`` is called every ``checkpoint_every_s`` seconds of work,
     and once more before raising :class:`StopRequested` when ``should_stop()`` turns true.
+    ``stats`` (if given) receives ``checkpoints`` and ``checkpoint_s``: the count and the wall
+    time spent serialising and storing them.
     """
     strategy, _ = load_strategy(bundle, params)
     engine = (Engine.restore(checkpoint, strategy) if checkpoint
@@ -129,6 +132,16 @@ def simulate(
     stream = prefetch(open_tick_stream(plan, columns, resolve,
                                        batch_size=VECTOR_BATCH if engine.vectorized else TICK_BATCH,
                                        offsets=engine.offsets()))
+    counters = stats if stats is not None else {}
+    counters.setdefault("checkpoints", 0)
+    counters.setdefault("checkpoint_s", 0.0)
+
+    def take_checkpoint() -> None:
+        started = time.perf_counter()
+        on_checkpoint(engine.checkpoint(), engine.ticks_done)  # type: ignore[misc]
+        counters["checkpoints"] += 1
+        counters["checkpoint_s"] += time.perf_counter() - started
+
     t0 = last_ckpt = time.monotonic()
     for chunk in stream:
         engine.feed(chunk)
@@ -138,10 +151,10 @@ def simulate(
                                  now - t0))
         if should_stop is not None and should_stop():
             if on_checkpoint is not None:
-                on_checkpoint(engine.checkpoint(), engine.ticks_done)
+                take_checkpoint()
             raise StopRequested(f"stopped after {engine.ticks_done} ticks")
         if on_checkpoint is not None and now - last_ckpt >= checkpoint_every_s:
-            on_checkpoint(engine.checkpoint(), engine.ticks_done)
+            take_checkpoint()
             last_ckpt = time.monotonic()
     return engine.finish()
 
