@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import tickreplay
 from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import DataPlan, Partition, plan_data
+from tickreplay.data.errors import DataError
 from tickreplay.data.store import ObjectStore, open_store
 from tickreplay.data.stream import open_tick_stream
 from tickreplay.engine.config import RunConfig
@@ -50,9 +51,23 @@ class StopRequested(Exception):
     """The caller asked the run to stop (worker shutdown); a final checkpoint was handed over."""
 
 
-def fetch_plan(plan: DataPlan, store: ObjectStore, cache: PartitionCache) -> dict[str, Path]:
-    """Bring every partition of the plan into the cache; returns key -> verified local path."""
-    return {p.key: cache.fetch(store, p) for p in plan.partitions}
+def fetch_plan(plan: DataPlan, store: ObjectStore, cache: PartitionCache,
+               on_fetched: Callable[[int], None] | None = None) -> dict[str, Path]:
+    """Bring every partition of the plan into the cache; returns key -> verified local path.
+
+    A plan larger than the cache cap is refused up front: fetching it would evict its own
+    first partitions before they are read.
+    """
+    need = sum(p.size for p in plan.partitions)
+    if need > cache.max_bytes:
+        raise DataError(f"the data plan needs {need / 1e9:.2f} GB but the node cache is capped "
+                        f"at {cache.max_bytes / 1e9:.2f} GB (TICKREPLAY_CACHE_MAX_BYTES)")
+    paths = {}
+    for i, p in enumerate(plan.partitions):
+        paths[p.key] = cache.fetch(store, p)
+        if on_fetched is not None:
+            on_fetched(i + 1)
+    return paths
 
 
 def count_ticks(paths: dict[str, Path]) -> int:

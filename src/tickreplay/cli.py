@@ -90,7 +90,7 @@ def data_ingest(
         src, sep, dst = m.partition("=")
         if not sep:
             raise _fail(f"--column expects SOURCE=TARGET, got {m!r}")
-        mapping[src] = dst
+        mapping[dst.strip()] = src.strip()  # ingest() maps catalog name -> source column
     try:
         parts = ingest(file, symbol, _store(out), ts_col=ts_col, price_col=price_col,
                        size_col=size_col, columns=mapping or None, ts_unit=ts_unit,  # type: ignore[arg-type]

@@ -84,6 +84,9 @@ def _print_status(st: dict[str, Any], as_json: bool) -> None:
               "results_url", "error"):
         if st.get(k) not in (None, ""):
             table.add_row(k, str(st[k]))
+        if k == "ticks_total" and st.get("sim_ts"):
+            table.add_row("simulated time", dt.datetime.fromtimestamp(
+                st["sim_ts"] / 1e9, tz=dt.UTC).isoformat(timespec="seconds"))
     console.print(table)
     if st.get("metrics"):
         print_metrics(st["metrics"])

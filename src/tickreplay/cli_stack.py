@@ -62,6 +62,9 @@ def up_command(
     console.print(f"Temporal:    {info.temporal_address}")
     console.print(f"S3 endpoint: {info.s3_endpoint}")
     console.print(f"state:       {info.state_dir}  (settings in {info.state_dir / 'stack.env'})")
+    if Path(info.state_dir).resolve() != Settings.load().home.resolve():
+        # other commands find the stack through TICKREPLAY_HOME (default ~/.tickreplay)
+        console.print(f"for other commands: export TICKREPLAY_HOME={info.state_dir}")
 
 
 def down_command(

@@ -80,6 +80,15 @@ async def status(client: Client, job_id: str) -> dict[str, Any]:
         out["query_error"] = str(e)
     if desc.status != WorkflowExecutionStatus.RUNNING:  # a closed run: Temporal's word is final
         out["status"] = _STATUS.get(desc.status, str(desc.status))
+        return out
+    # The workflow hears of progress once a minute (signals cost history); the running
+    # attempt's last heartbeat, which the server keeps outside the history, is fresher.
+    for act in desc.raw_description.pending_activities:
+        if act.activity_type.name == "run_backtest" and act.heartbeat_details.payloads:
+            (hb, *_) = await client.data_converter.decode(act.heartbeat_details.payloads)
+            if isinstance(hb, dict) and hb.get("progress", 0) >= out.get("ticks_done", 0):
+                out.update(ticks_done=hb["progress"], sim_ts=hb.get("sim_ts", 0),
+                           ticks_total=hb.get("ticks_total") or out.get("ticks_total", 0))
     return out
 
 

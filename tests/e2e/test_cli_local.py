@@ -182,18 +182,19 @@ def test_bad_inputs_are_rejected_with_a_clear_message(catalog: Path, tmp_path: P
 def test_ingest_any_column_naming_and_reject_bad_rows(tmp_path: Path) -> None:
     env = env_for(tmp_path / "home")
     good = tmp_path / "good.csv"
-    good.write_text("time,px,qty\n"
-                    "2024-03-04 14:30:00.000001,101.5,10\n"
-                    "2024-03-04 14:30:00.5,101.6,5\n"
-                    "2024-03-05 14:30:01,101.4,7\n")
+    good.write_text("time,px,qty,bid_px\n"
+                    "2024-03-04 14:30:00.000001,101.5,10,101.4\n"
+                    "2024-03-04 14:30:00.5,101.6,5,101.5\n"
+                    "2024-03-05 14:30:01,101.4,7,101.3\n")
     tr("data", "ingest", str(good), "--symbol", "XYZ", "--ts-col", "time", "--price-col", "px",
-       "--size-col", "qty", "--out", str(tmp_path / "cat"), env=env)
+       "--size-col", "qty", "--column", "bid_px=bid", "--out", str(tmp_path / "cat"), env=env)
     parts = json.loads(tr("data", "ls", str(tmp_path / "cat"), "--json", env=env).stdout)
     assert [(p["symbol"], p["date"]) for p in parts] == [("XYZ", "2024-03-04"),
                                                          ("XYZ", "2024-03-05")]
     table = pq.read_table(tmp_path / "cat" / "ticks" / "symbol=XYZ" / "date=2024-03-04" /
                           "data.parquet")
     assert table["ts"].to_pylist()[0] == 1709562600000001000  # microseconds kept, in ns
+    assert table["bid"].to_pylist() == [101.4, 101.5]
     bad = tmp_path / "bad.csv"
     bad.write_text("time,px,qty\n"
                    "2024-03-04 14:30:02,101.5,10\n"
@@ -201,3 +202,11 @@ def test_ingest_any_column_naming_and_reject_bad_rows(tmp_path: Path) -> None:
     p = tr("data", "ingest", str(bad), "--symbol", "XYZ", "--ts-col", "time", "--price-col",
            "px", "--size-col", "qty", "--out", str(tmp_path / "cat2"), env=env, ok=False)
     assert "row 2" in p.stderr and "'time'" in p.stderr
+
+
+def test_a_plan_larger_than_the_cache_cap_is_refused_up_front(catalog: Path, tmp_path: Path
+                                                              ) -> None:
+    env = {**env_for(tmp_path / "home"), "TICKREPLAY_CACHE_MAX_BYTES": "100000"}
+    p = tr("run", str(EXAMPLES / "sma_cross.py"), "--data", str(catalog), "--symbols", "AAA",
+           *RANGE, "--out", str(tmp_path / "out"), "--quiet", env=env, ok=False)
+    assert "node cache is capped" in p.stderr

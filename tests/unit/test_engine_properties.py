@@ -212,3 +212,25 @@ def test_checkpoint_of_another_format_version_is_refused() -> None:
     blob[6:8] = struct.pack(">H", 1)  # what an older engine wrote
     with pytest.raises(CheckpointError, match="checkpoint version 1"):
         Engine.restore(bytes(blob), load_strategy(str(EXAMPLES / "sma_cross.py"))[0])
+
+
+def test_unknown_params_are_rejected_even_by_a_lenient_params_model() -> None:
+    from pydantic import BaseModel
+
+    class Lenient(Strategy):
+        class Params(BaseModel):  # no extra="forbid"
+            level: float = 1.0
+
+    with pytest.raises(StrategyError, match=r"param 'levle': unknown \(known: level\)"):
+        Lenient({"levle": 5})
+    assert Lenient({"level": "2.5"}).params.level == 2.5
+
+
+def test_log_fields_must_be_json_values_and_fail_at_the_call() -> None:
+    class Logger(Strategy):
+        def on_tick(self, tick) -> None:
+            self.log("ok", n=np.int64(3), x=1.5)
+            self.log("bad", v=float("nan"))
+
+    with pytest.raises(StrategyError, match="log\\('bad'\\) fields must be JSON values"):
+        run(Logger(), ("A",), [random_stream(10, 1, seed=1)])

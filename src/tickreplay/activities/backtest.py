@@ -24,7 +24,9 @@ from tickreplay.settings import Settings
 from tickreplay.workflows import types as t
 
 HEARTBEAT_EVERY_S = 1.0
-SIGNAL_EVERY_S = 3.0
+# Each progress signal costs ~4 history events: every 60 s keeps a 7-day run far below the
+# 51,200-event limit. `tickreplay status` reads fresher progress from the heartbeat.
+SIGNAL_EVERY_S = 60.0
 
 
 class BacktestActivities:
@@ -108,7 +110,7 @@ class BacktestActivities:
     @activity.defn(name="warm_cache")
     def warm_cache(self, inp: t.WarmInput) -> t.WarmResult:
         """Fetch the plan's partitions into this node's cache; return this node's own queue."""
-        from tickreplay.backtest import count_ticks
+        from tickreplay.backtest import count_ticks, fetch_plan
         from tickreplay.data.catalog import DataPlan
         from tickreplay.data.errors import DataError
         from tickreplay.data.store import open_store
@@ -116,11 +118,8 @@ class BacktestActivities:
         def work() -> t.WarmResult:
             plan = DataPlan.from_dict(json.loads(self._artifacts().get_bytes(inp.plan_key)))
             store = open_store(plan.url, self.settings)
-            paths = {}
             try:
-                for i, p in enumerate(plan.partitions):
-                    paths[p.key] = self.cache.fetch(store, p)
-                    activity.heartbeat(i + 1)
+                paths = fetch_plan(plan, store, self.cache, on_fetched=activity.heartbeat)
             except DataError as e:
                 raise ApplicationError(str(e), type=t.DATA_ERROR, non_retryable=True) from None
             total = count_ticks(paths)
@@ -310,9 +309,10 @@ class RunnerPool:
     async def acquire(self) -> tuple[asyncio.subprocess.Process, Any]:
         """A live, idle runner process; a replacement starts spawning at once."""
         proc, stderr = None, None
-        if self._spare is not None:
+        spare, self._spare = self._spare, None  # taken before awaiting: never handed out twice
+        if spare is not None:
             try:
-                proc, stderr = await self._spare
+                proc, stderr = await spare
             except OSError:
                 proc = None
             if proc is not None and proc.returncode is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 import pickle
 import struct
@@ -190,7 +191,13 @@ class Engine:
     def log(self, msg: str, fields: dict[str, Any]) -> None:
         """Append a log record stamped with simulated time."""
         rec: dict[str, Any] = {"ts": self._tick.ts, "level": "info", "msg": str(msg)}
-        rec.update(fields)
+        for k, v in fields.items():
+            rec[k] = v.item() if isinstance(v, np.generic) else v
+        try:  # fail at the call, not after the whole run when the result is written
+            json.dumps(rec, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise StrategyError(f"log({msg!r}) fields must be JSON values (no NaN/inf): {e}"
+                                ) from None
         self._logs.append(rec)
 
     # ------------------------------------------------------------------ lifecycle

@@ -28,6 +28,10 @@ from typing import Any
 EXIT_OK, EXIT_ERROR, EXIT_STOPPED = 0, 3, 4
 
 
+class ResultBuildError(Exception):
+    """The finished run's results could not be built or written: deterministic, not retried."""
+
+
 def die_with_parent() -> None:
     """preexec_fn: SIGKILL this process when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
     try:
@@ -72,6 +76,8 @@ def _classify(e: BaseException) -> tuple[str, bool]:
         return t.DATA_ERROR, False
     if isinstance(e, CheckpointError):
         return t.CHECKPOINT_ERROR, False
+    if isinstance(e, ResultBuildError):
+        return t.RESULT_ERROR, False
     return "RunnerError", True
 
 
@@ -135,10 +141,14 @@ def run(job: dict[str, Any], out: _Out, stop: threading.Event) -> int:
     except StopRequested as e:
         out.send("stopped", message=str(e))
         return EXIT_STOPPED
-    rs = to_resultset(result, inputs_of(bundle, spec, plan, params), spec.config,
-                      {"host": os.uname().nodename, "resumed_from_ticks": resume.get("ticks_done", 0)})
     with tempfile.TemporaryDirectory(prefix="tickreplay-result-") as tmp:
-        manifest = write_results(rs, Path(tmp))
+        try:
+            rs = to_resultset(result, inputs_of(bundle, spec, plan, params), spec.config,
+                              {"host": os.uname().nodename,
+                               "resumed_from_ticks": resume.get("ticks_done", 0)})
+            manifest = write_results(rs, Path(tmp))
+        except (TypeError, ValueError) as e:
+            raise ResultBuildError(f"cannot write the results: {e}") from e
         prefix = f"staging/{job_id}/{manifest['result_hash']}/{os.urandom(6).hex()}"
         for f in sorted(Path(tmp).iterdir()):
             if f.name != "manifest.json":

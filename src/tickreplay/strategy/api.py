@@ -92,6 +92,12 @@ class Strategy:
         if isinstance(params, cls.Params):
             return params
         raw = params.model_dump() if isinstance(params, BaseModel) else dict(params or {})
+        unknown = sorted(set(raw) - set(cls.Params.model_fields))
+        if unknown:  # even when the user's Params model would silently ignore extras
+            known = ", ".join(sorted(cls.Params.model_fields)) or "none"
+            raise StrategyError(f"invalid params for {cls.__name__}: "
+                                + "; ".join(f"param {k!r}: unknown (known: {known})"
+                                            for k in unknown))
         try:
             return cls.Params.model_validate(raw)
         except ValidationError as e:

@@ -155,7 +155,7 @@ class BacktestWorkflow:
 
     @workflow.signal(name="progress")
     def on_progress(self, progress: Progress) -> None:
-        """Sent by run_backtest every few seconds; never moves backwards within a placement."""
+        """Sent by run_backtest about once a minute (after a resume it restarts from the checkpoint)."""
         self._progress = dataclasses.replace(progress, ticks_total=progress.ticks_total
                                              or self._progress.ticks_total)
 

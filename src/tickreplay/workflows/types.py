@@ -18,8 +18,9 @@ EMPTY_PLAN = "EmptyPlan"
 CHECKPOINT_ERROR = "CheckpointError"
 STRATEGY_TIMEOUT = "StrategyTimeout"
 RESULT_CONFLICT = "ResultConflict"
+RESULT_ERROR = "ResultError"  # the run's output cannot be written (would fail every retry)
 NON_RETRYABLE = [STRATEGY_ERROR, SPEC_ERROR, DATA_ERROR, EMPTY_PLAN, CHECKPOINT_ERROR,
-                 STRATEGY_TIMEOUT, RESULT_CONFLICT]
+                 STRATEGY_TIMEOUT, RESULT_CONFLICT, RESULT_ERROR]
 WORKER_SHUTDOWN = "WorkerShutdown"  # retryable: resume elsewhere from the final checkpoint
 
 
