@@ -15,6 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tickreplay.settings import Settings
+
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
 
