@@ -269,19 +269,7 @@ class SeaweedFS:
         if self._stopped:
             return
         self._stopped = True
-        try:
-            if grace > 0:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                try:
-                    self.process.wait(grace)
-                except subprocess.TimeoutExpired:
-                    log.warning("SeaweedFS pid %d still up %.0f s after SIGTERM; killing it",
-                                self.pid, grace)
-            if self.process.poll() is None:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # already gone; wait() below reaps it
-        self.process.wait()
+        _stop_group(self.process, grace, "SeaweedFS")
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:

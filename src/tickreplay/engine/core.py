@@ -73,11 +73,9 @@ EQUITY_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 )
 
 
-_TRADE_CODES: tuple[tuple[str, str], ...] = (
-    ("order_id", "q"), ("submit_ts", "q"), ("ts", "q"), ("symbol", "i"), ("qty", "d"),
-    ("price", "d"), ("fee", "d"), ("realized_pnl", "d"), ("is_close", "b"), ("position", "d"),
-    ("cash", "d"),
-)
+# How each trade column is stored while the run goes on (symbols as their int32 codes).
+_ARRAY_CODE: dict[pa.DataType, str] = {pa.int64(): "q", pa.float64(): "d", pa.bool_(): "b",
+                                       pa.string(): "i"}
 _NUMPY_OF = {"q": np.int64, "i": np.int32, "d": np.float64, "b": np.bool_}
 
 
@@ -130,7 +128,8 @@ class Engine:
         self.consumed = [0] * n
         # Typed arrays, not lists of Python objects: 8 bytes a value instead of ~32, so a run
         # with millions of fills keeps its trade record (and checkpoints) compact.
-        self._trades: dict[str, array[Any]] = {name: array(code) for name, code in _TRADE_CODES}
+        self._trades: dict[str, array[Any]] = {name: array(_ARRAY_CODE[t])
+                                               for name, t in TRADE_COLUMNS}
         self._equity: dict[str, list[Any]] = {name: [] for name, _ in EQUITY_COLUMNS}
         self._logs: list[dict[str, Any]] = []
         self._targets = [0.0] * n
