@@ -35,6 +35,14 @@ def _ports() -> dict[str, int]:
     return {"temporal_port": temporal, "ui_port": ui, "s3_port": s3}
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child that the test process has not reaped yet is dead)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _ours(state_dir: Path) -> list[psutil.Process]:
     """Live processes whose command line or working directory lies in ``state_dir``."""
     found = []
@@ -113,7 +121,7 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
     down = runner.invoke(app, ["down", "--state-dir", str(state_dir)])
     assert down.exit_code == 0, down.output
     assert "seaweedfs" in down.output and "temporal" in down.output
-    assert not any(psutil.pid_exists(p["pid"]) for p in parts.values())
+    assert not any(_running(p["pid"]) for p in parts.values())
     assert stack.status(state_dir).parts == []
     assert not (state_dir / "stack.env").exists()
     assert _ours(state_dir) == []
@@ -161,8 +169,8 @@ def test_stale_pid_file_restarts_that_part_and_recycled_pid_is_never_signalled(
     stopped = stack.down(state_dir, service_grace=0)
     assert sorted(stopped) == ["seaweedfs", "temporal"]
     assert me.is_running()
-    assert not psutil.pid_exists(now["temporal"].pid)
-    assert not psutil.pid_exists(now["seaweedfs"].pid)
+    assert not _running(now["temporal"].pid)
+    assert not _running(now["seaweedfs"].pid)
 
 
 def test_failing_worker_is_named_and_everything_started_is_stopped(
@@ -188,5 +196,5 @@ def test_worker_polls_temporal_and_down_stops_it(state_dir: Path) -> None:
 
     stopped = stack.down(state_dir, service_grace=0)
     assert stopped == ["worker-1", "seaweedfs", "temporal"]
-    assert not any(psutil.pid_exists(p.pid) for p in parts.values())
+    assert not any(_running(p.pid) for p in parts.values())
     assert _ours(state_dir) == []
