@@ -99,8 +99,23 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+class _ServerProcess:
+    """Context-manager behaviour shared by the server launchers: leaving the block stops it."""
+
+    def stop(self, grace: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
 @dataclass
-class SeaweedFS:
+class SeaweedFS(_ServerProcess):
     """A running ``weed server -s3`` child process in its own process group.
 
     Use :meth:`start` to create one and :meth:`stop` (or ``with``) to end it.
@@ -279,13 +294,6 @@ class SeaweedFS:
             for sock in tmp.glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 # ------------------------------------------------------------------------------------ Temporal
@@ -316,7 +324,7 @@ def _run_async(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
 
 
 @dataclass
-class TemporalDevServer:
+class TemporalDevServer(_ServerProcess):
     """A running ``temporal server start-dev`` child process in its own process group.
 
     Persistence is a SQLite file in ``state_dir``, so workflow histories survive a restart.
@@ -473,13 +481,6 @@ class TemporalDevServer:
         self._stopped = True
         _stop_group(self.process, grace, "Temporal dev server")
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def log_tail(path: Path, lines: int = 20) -> str:

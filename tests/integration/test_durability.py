@@ -64,21 +64,22 @@ def slow_spec(long_spec: BacktestSpec) -> BacktestSpec:
     return long_spec.model_copy(update={"strategy": str(strategy), "params": {"work": 300}})
 
 
+def _uninterrupted_hash(spec: BacktestSpec, settings: Settings, cache_dir: Path,
+                        min_trades: int) -> str:
+    """The run in-process, no Temporal at all: what every resumed run must reproduce."""
+    local = run_local(spec, settings.model_copy(update={"cache_dir": cache_dir}))
+    assert local.trades.num_rows > min_trades
+    return result_hash(local)
+
+
 @pytest.fixture(scope="module")
 def slow_reference_hash(slow_spec: BacktestSpec, dsettings: Settings, tmp_path_factory) -> str:
-    local = run_local(slow_spec, dsettings.model_copy(
-        update={"cache_dir": tmp_path_factory.mktemp("slowcache")}))
-    assert local.trades.num_rows > 10
-    return result_hash(local)
+    return _uninterrupted_hash(slow_spec, dsettings, tmp_path_factory.mktemp("slowcache"), 10)
 
 
 @pytest.fixture(scope="module")
 def reference_hash(long_spec: BacktestSpec, dsettings: Settings, tmp_path_factory) -> str:
-    """The uninterrupted run, in-process (no Temporal at all)."""
-    local = run_local(long_spec, dsettings.model_copy(
-        update={"cache_dir": tmp_path_factory.mktemp("refcache")}))
-    assert local.trades.num_rows > 100
-    return result_hash(local)
+    return _uninterrupted_hash(long_spec, dsettings, tmp_path_factory.mktemp("refcache"), 100)
 
 
 @pytest.fixture
