@@ -22,7 +22,15 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, markup=True)
+    """Print ``error: <msg>`` as one line on stderr and return the Exit to raise.
+
+    The message is escaped: error texts quote user input and paths, and a ``[/x]`` in them
+    must print as it is, not be parsed as rich markup (which raises MarkupError).
+    """
+    from rich.markup import escape
+
+    one_line = " ".join(str(msg).split("\n")).strip()
+    err.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False, markup=True)
     return typer.Exit(code)
 
 
@@ -34,6 +42,62 @@ def _settings() -> Any:
     from tickreplay.settings import Settings
 
     return Settings.load()
+
+
+def missing_symbols(store: Any, symbols: list[str], start: dt.date, end: dt.date) -> list[str]:
+    """The symbols that have no partition dated within ``[start, end]`` in the catalog.
+
+    Why a listing per symbol rather than ``plan_data``: planning hashes every partition, and a
+    typo in ``--symbols`` should be reported at once, before any data is read.
+    """
+    from tickreplay.data.schema import parse_partition_key
+
+    lo, hi = start.isoformat(), end.isoformat()
+    missing = []
+    for sym in dict.fromkeys(symbols):
+        keys = (parse_partition_key(o.key) for o in store.list(f"ticks/symbol={sym}/"))
+        if not any(k and k[0] == sym and lo <= k[1] <= hi for k in keys):
+            missing.append(sym)
+    return missing
+
+
+def check_symbols(data_url: str, symbols: list[str], start: dt.date, end: dt.date,
+                  allow_missing: bool) -> None:
+    """Fail naming the requested symbols the catalog has no data for (unless allowed).
+
+    Without this a typo such as ``AAPL,ZZZZ`` silently ran AAPL only.
+    """
+    from tickreplay.data.store import open_store
+
+    try:
+        missing = missing_symbols(open_store(data_url, _settings()), symbols, start, end)
+    except Exception as e:  # noqa: BLE001 - any storage failure: report it on one line
+        raise _fail(f"cannot list the catalog {data_url}: {type(e).__name__}: {e}", 1) from None
+    if not missing:
+        return
+    span = f"between {start.isoformat()} and {end.isoformat()}"
+    if len(missing) == len(set(symbols)):
+        raise _fail(f"no partitions in {data_url} for symbols {','.join(missing)} {span}", 1)
+    if allow_missing:
+        err.print(f"warning: no data for {','.join(missing)} {span}; running without them",
+                  highlight=False, markup=False)
+        return
+    raise _fail(f"no partitions in {data_url} for symbol(s) {','.join(missing)} {span} "
+                "(pass --allow-missing to run without them)", 1)
+
+
+def user_traceback(e: BaseException) -> str:
+    """The traceback of the strategy's own exception, without tickreplay's frames."""
+    import traceback
+
+    import tickreplay
+
+    cause = e.__cause__ or e
+    pkg = Path(tickreplay.__file__).resolve().parent
+    frames = [f for f in traceback.extract_tb(cause.__traceback__)
+              if not Path(f.filename).resolve().is_relative_to(pkg)]
+    return "".join(["Traceback (most recent call last):\n", *traceback.format_list(frames),
+                    *traceback.format_exception_only(cause)])
 
 
 def _store(url: str) -> Any:
@@ -48,7 +112,7 @@ def _store(url: str) -> Any:
 # --------------------------------------------------------------------------------------- data
 @data_app.command("generate")
 def data_generate(
-    out: Annotated[str, typer.Option(help="Catalog URL: a directory or s3://bucket[/prefix]")],
+    out: Annotated[str, typer.Option(help="Catalog URL: a directory, s3://bucket or s3://bucket/prefix")],
     symbols: Annotated[str, typer.Option(help="Comma-separated symbols, e.g. AAPL,MSFT")],
     start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day")],
     end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day")],
@@ -198,8 +262,15 @@ def run(
     mode: Annotated[str, typer.Option(help="auto | tick | vector")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
+    allow_missing: Annotated[bool, typer.Option(
+        help="Run even if some symbols have no data in the range")] = False,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="On a strategy error, also print its traceback")] = False,
 ) -> None:
-    """Run a backtest locally, in this process, and write its result directory."""
+    """Run a backtest locally, in this process, and write its result directory.
+
+    Every failure ends with one line ``error: ...`` on stderr and a non-zero exit code.
+    """
     from tickreplay.backtest import run_local
     from tickreplay.data.errors import DataError
     from tickreplay.results import write_results
@@ -213,6 +284,7 @@ def run(
                                    "params": parse_params(param or []), "config": config})
     except SpecError as e:
         raise _fail(str(e)) from None
+    check_symbols(data, list(spec.symbols), spec.start, spec.end, allow_missing)
     bar = None if quiet or as_json else progress_bar()
     task = None
 
@@ -238,12 +310,18 @@ def run(
                 bar.stop()
         manifest = write_results(rs, out)
     except StrategyError as e:
-        import traceback
-
-        err.print("".join(traceback.format_exception(e)), highlight=False, markup=False)
-        raise _fail(f"strategy failed: {e}", 1) from None
+        if verbose:
+            err.print(user_traceback(e), highlight=False, markup=False)
+        hint = "" if verbose else " (--verbose for its traceback)"
+        raise _fail(f"strategy failed: {e}{hint}", 1) from None
     except (DataError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e), 1) from None
+    except Exception as e:  # noqa: BLE001 - a user-facing command ends in one line, never a trace
+        if verbose:
+            import traceback
+
+            err.print("".join(traceback.format_exception(e)), highlight=False, markup=False)
+        raise _fail(f"{type(e).__name__}: {e}", 1) from None
     if as_json:
         sys.stdout.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         return
@@ -252,7 +330,15 @@ def run(
     console.print(f"result hash: [bold]{manifest['result_hash']}[/]")
 
 
+_registered = False
+
+
 def _register_subcommands() -> None:
+    """Add the job and stack commands once (tests and ``main`` may both ask)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     from tickreplay import cli_jobs
 
     cli_jobs.register(app)

@@ -26,7 +26,7 @@ RANGE = ["--start", "2024-03-04", "--end", "2024-03-08"]
 def tr(*args: str, env: dict[str, str], ok: bool = True) -> subprocess.CompletedProcess[str]:
     """Run the CLI; assert success (or failure) and return the process."""
     p = subprocess.run([sys.executable, "-m", "tickreplay.cli", *args], capture_output=True,
-                       text=True, env=env, cwd=ROOT, timeout=300)
+                       text=True, env=env, cwd=ROOT, timeout=300, check=False)
     if ok:
         assert p.returncode == 0, f"tickreplay {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}"
     else:
@@ -151,11 +151,64 @@ def test_strategy_exception_fails_with_its_traceback(catalog: Path, tmp_path: Pa
         "            helper(tick)\n\n"
         "def helper(tick):\n"
         "    raise KeyError('no such level')\n")
-    p = tr("run", str(strat), "--data", str(catalog), "--symbols", "AAA", *RANGE,
-           "--out", str(tmp_path / "out"), "--quiet", env=env_for(tmp_path / "home"), ok=False)
+    args = ["run", str(strat), "--data", str(catalog), "--symbols", "AAA", *RANGE,
+            "--out", str(tmp_path / "out"), "--quiet"]
+    p = tr(*args, env=env_for(tmp_path / "home"), ok=False)
+    assert_one_line_error(p, "KeyError")
+    assert "no such level" in p.stderr and "--verbose" in p.stderr
+    p = tr(*args, "--verbose", env=env_for(tmp_path / "home"), ok=False)
     assert "KeyError" in p.stderr and "no such level" in p.stderr
     assert "boom.py" in p.stderr and "helper" in p.stderr  # the user's frames are shown
+    assert "engine/core.py" not in p.stderr  # ... and not the platform's
+    assert p.stderr.strip().splitlines()[-1].startswith("error: strategy failed: KeyError")
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess[str], needle: str) -> None:
+    """Failed with exit code 1 and exactly one stderr line, ``error: ...``, naming ``needle``."""
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 1, p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+
+
+@pytest.mark.parametrize("case", ["strategy_missing", "empty_partition", "bad_spec"])
+def test_local_run_errors_are_one_line_never_a_traceback(catalog: Path, tmp_path: Path,
+                                                         case: str) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(catalog, data)
+    strategy, needle, extra = str(EXAMPLES / "sma_cross.py"), "", []
+    if case == "strategy_missing":
+        strategy, needle = str(tmp_path / "nope.py"), "nope.py"
+    elif case == "empty_partition":
+        (data / "ticks" / "symbol=AAA" / "date=2024-03-05" / "data.parquet").write_bytes(b"")
+        needle = "0 bytes"
+    else:
+        extra, needle = ["--mode", "sideways"], "mode"
+    p = tr("run", strategy, "--data", str(data), "--symbols", "AAA", *RANGE, "--out",
+           str(tmp_path / "out"), "--quiet", *extra, env=env_for(tmp_path / "home"), ok=False)
+    assert "Traceback" not in p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], p.stderr
+
+
+def test_missing_symbols_are_named_unless_allowed(catalog: Path, tmp_path: Path) -> None:
+    args = ["run", str(EXAMPLES / "sma_cross.py"), "--data", str(catalog), "--symbols",
+            "AAA,ZZZZ,YYY", *RANGE, "--out", str(tmp_path / "out"), "--quiet", "--json"]
+    p = tr(*args, env=env_for(tmp_path / "home"), ok=False)
+    assert_one_line_error(p, "YYY,ZZZZ")
+    assert "--allow-missing" in p.stderr and not (tmp_path / "out").exists()
+    p = tr(*args, "--allow-missing", env=env_for(tmp_path / "home"))
+    assert json.loads(p.stdout)["result_hash"]
+    assert "ZZZZ" in p.stderr  # still said, as a warning
+
+
+def test_an_error_message_with_brackets_prints_as_it_is(catalog: Path, tmp_path: Path) -> None:
+    p = tr("run", str(tmp_path / "[/x]" / "s.py"), "--data", str(catalog), "--symbols", "AAA",
+           *RANGE, "--out", str(tmp_path / "out"), "--quiet", env=env_for(tmp_path / "home"),
+           ok=False)
+    assert_one_line_error(p, "[/x]")
 
 
 @pytest.mark.parametrize("args, needle", [
