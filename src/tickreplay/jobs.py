@@ -6,13 +6,18 @@ validated here, before anything is started, so a bad field is reported at once.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
@@ -30,6 +35,24 @@ _STATUS = {
 }
 
 
+# The memo key holding the digest of a job's input, set when its workflow starts.
+INPUT_DIGEST_MEMO = "job_input_sha256"
+# Letters, digits, ".", "_", "-": a job id names object prefixes (checkpoints/{id}/, results
+# {id}/), so "/" or an empty id would reach into other jobs' objects.
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+class JobConflictError(Exception):
+    """A job id is already taken by a job with a different spec, strategy or options."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(
+            f"job {job_id} already exists ({status}) with a different spec, strategy or "
+            "options; submit under another --job-id, or omit it for a fresh one")
+        self.job_id = job_id
+        self.status = status
+
+
 async def connect(settings: Settings) -> Client:
     """A Temporal client for the configured address and namespace."""
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
@@ -42,7 +65,21 @@ def prepare(spec: BacktestSpec, job_id: str | None = None,
     strategy, _ = load_strategy(bundle, spec.params)  # bad params fail here, not on a worker
     spec_json = spec.model_dump(mode="json")
     spec_json["params"] = strategy.params.model_dump(mode="json")
+    if job_id is not None and not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"invalid job id {job_id!r}: use 1-200 letters, digits, '.', '_' or "
+                         "'-', starting with a letter or digit")
     return JobInput(job_id or new_job_id(), spec_json, _bundle_dict(bundle), options or JobOptions())
+
+
+def input_digest(job: JobInput) -> str:
+    """sha256 of the canonical JSON of what defines a job: spec, strategy bundle, options.
+
+    Two submissions under one id are "the same job" exactly when these digests are equal.
+    """
+    doc = {"spec": job.spec, "bundle": job.bundle, "options": dataclasses.asdict(job.options)}
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _bundle_dict(bundle: StrategyBundle) -> dict[str, Any]:
@@ -55,10 +92,63 @@ def new_job_id(prefix: str = "bt") -> str:
 
 
 async def submit(client: Client, settings: Settings, job: JobInput) -> WorkflowHandle[Any, Any]:
-    """Start the workflow (id = job id); submitting the same id twice returns the same job."""
-    return await client.start_workflow(
-        "BacktestWorkflow", job, id=job.job_id, task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, result_type=JobResult)
+    """Start the workflow (id = job id), or return the job already under that id.
+
+    The same id with the same input (see :func:`input_digest`) is the same job, running or
+    closed: it is returned and never run again. The same id with a different input is refused
+    before anything starts: left alone, Temporal would start a second run after the first
+    closed and its conflicting result would mark the original job FAILED.
+
+    Raises:
+        JobConflictError: The id belongs to a job with a different input.
+    """
+    digest = input_digest(job)
+    if (handle := await _existing(client, job.job_id, digest)) is not None:
+        return handle
+    try:
+        await client.start_workflow(
+            "BacktestWorkflow", job, id=job.job_id, task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            memo={INPUT_DIGEST_MEMO: digest}, result_type=JobResult)
+    except WorkflowAlreadyStartedError:
+        pass  # closed in between: _existing below decides
+    # Checked again after the start: a concurrent submit under the same id may have won.
+    handle = await _existing(client, job.job_id, digest)
+    if handle is None:  # pragma: no cover - the start above succeeded or the id exists
+        raise RuntimeError(f"job {job.job_id} was started but cannot be described")
+    return handle
+
+
+async def _existing(client: Client, job_id: str, digest: str) -> WorkflowHandle[Any, Any] | None:
+    """The job under ``job_id`` if its input has ``digest``; ``None`` if there is no job."""
+    handle = client.get_workflow_handle(job_id, result_type=JobResult)
+    try:
+        desc = await handle.describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    theirs = await desc.memo_value(INPUT_DIGEST_MEMO, None)
+    if theirs is None:  # started before digests were recorded: read its input instead
+        theirs = await _started_input_digest(client, handle)
+    if theirs != digest:
+        raise JobConflictError(job_id, _STATUS.get(desc.status, str(desc.status))
+                               if desc.status is not None else "UNKNOWN")
+    return handle
+
+
+async def _started_input_digest(client: Client, handle: WorkflowHandle[Any, Any]) -> str | None:
+    async for event in handle.fetch_history_events():
+        payloads = event.workflow_execution_started_event_attributes.input.payloads
+        if not payloads:
+            return None
+        try:
+            (job, *_) = await client.data_converter.decode(payloads, [JobInput])
+        except Exception:  # noqa: BLE001 - not a backtest's input (e.g. a sweep's): no match
+            return None
+        return input_digest(job) if isinstance(job, JobInput) else None
+    return None
 
 
 async def submit_sweep(client: Client, settings: Settings, sweep: SweepInput
