@@ -13,7 +13,38 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tickreplay.cli import _fail, _settings, build_config, console, err, print_metrics, progress_bar
+from tickreplay.cli import (
+    _fail,
+    _settings,
+    build_config,
+    check_symbols,
+    console,
+    err,
+    print_metrics,
+    progress_bar,
+)
+
+StallTimeout = Annotated[float, typer.Option(
+    min=1, help="Seconds without progress before the strategy is stopped as stuck")]
+AllowMissing = Annotated[bool, typer.Option(
+    help="Run even if some symbols have no data in the range")]
+
+
+def _stack_settings() -> Any:
+    """Settings of the stack the job commands talk to; fails if there is none to talk to.
+
+    Why: without a running stack's ``stack.env`` (written by ``tickreplay up``, removed by
+    ``down``) the built-in default address 127.0.0.1:7233 could be ANOTHER stack's Temporal,
+    and jobs would silently go there. An address is used only when it was configured: the
+    stack.env of TICKREPLAY_HOME, or TICKREPLAY_TEMPORAL_ADDRESS in the environment.
+    """
+    settings = _settings()
+    if ("TICKREPLAY_TEMPORAL_ADDRESS" not in os.environ
+            and not (settings.home / "stack.env").is_file()):
+        raise _fail(f"no stack is running in {settings.home} (start one with `tickreplay up`, "
+                    "point TICKREPLAY_HOME at its state dir, or set TICKREPLAY_TEMPORAL_ADDRESS"
+                    " and TICKREPLAY_S3_ENDPOINT)", 1)
+    return settings
 
 
 def _spec(strategy: str, data: str | None, symbols: str, start: dt.datetime, end: dt.datetime,
@@ -30,21 +61,23 @@ def _spec(strategy: str, data: str | None, symbols: str, start: dt.datetime, end
         raise _fail(str(e)) from None
 
 
-def _prepare(spec: Any, job_id: str | None, checkpoint_every: float) -> Any:
+def _prepare(spec: Any, job_id: str | None, checkpoint_every: float,
+             stall_timeout: float = 600.0) -> Any:
     from tickreplay.jobs import prepare
     from tickreplay.strategy.api import StrategyError
     from tickreplay.workflows.types import JobOptions
 
     try:
-        return prepare(spec, job_id, JobOptions(checkpoint_every_s=checkpoint_every))
-    except StrategyError as e:
+        return prepare(spec, job_id, JobOptions(checkpoint_every_s=checkpoint_every,
+                                                stall_timeout_s=stall_timeout))
+    except (StrategyError, ValueError) as e:
         raise _fail(str(e)) from None
 
 
 async def _client() -> Any:
     from tickreplay.jobs import connect
 
-    settings = _settings()
+    settings = _stack_settings()
     try:
         return await asyncio.wait_for(connect(settings), 15)
     except Exception as e:  # noqa: BLE001 - any connection failure means the same to the user
@@ -92,6 +125,23 @@ def _print_status(st: dict[str, Any], as_json: bool) -> None:
         print_metrics(st["metrics"])
 
 
+async def _describe(client: Any, job_id: str) -> Any:
+    """The job's workflow description; a one-line error if Temporal does not know the id."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        return await client.get_workflow_handle(job_id).describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise _fail(f"no such job {job_id!r}", 1) from None
+        raise _fail(f"cannot describe job {job_id!r}: {e}", 1) from None
+
+
+def _error_line(kind: str, message: str) -> str:
+    """``Kind: message``, without repeating the kind the runner already put in the message."""
+    return message if message.startswith(f"{kind}:") else f"{kind}: {message}"
+
+
 def _run(coro: Any) -> None:
     """Run a command's coroutine, then leave without interpreter finalization.
 
@@ -130,19 +180,31 @@ def register(app: typer.Typer) -> None:
         mode: Annotated[str, typer.Option(help="auto | tick | vector")] = "auto",
         job_id: Annotated[str | None, typer.Option(help="Idempotency key: same id, same job")] = None,
         checkpoint_every: Annotated[float, typer.Option(help="Seconds of work between checkpoints")] = 30.0,
+        stall_timeout: StallTimeout = 600.0,
+        allow_missing: AllowMissing = False,
         wait: Annotated[bool, typer.Option("--wait", help="Wait with a progress bar")] = False,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
-        """Submit a durable backtest; prints its job id at once (``--wait`` to follow it)."""
+        """Submit a durable backtest; prints its job id at once (``--wait`` to follow it).
+
+        The same ``--job-id`` with the same inputs returns the existing job; with different
+        inputs it is refused.
+        """
+        from tickreplay.jobs import JobConflictError
         from tickreplay.jobs import submit as do_submit
 
         config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
-        job = _prepare(_spec(strategy, data, symbols, start, end, param, config), job_id,
-                       checkpoint_every)
+        spec = _spec(strategy, data, symbols, start, end, param, config)
+        job = _prepare(spec, job_id, checkpoint_every, stall_timeout)
+        settings = _stack_settings()
+        check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
 
         async def go() -> None:
             client = await _client()
-            await do_submit(client, _settings(), job)
+            try:
+                await do_submit(client, settings, job)
+            except JobConflictError as e:
+                raise _fail(str(e), 1) from None
             if not wait:
                 if as_json:
                     sys.stdout.write(json.dumps({"job_id": job.job_id}) + "\n")
@@ -165,10 +227,11 @@ def register(app: typer.Typer) -> None:
 
         async def go() -> None:
             client = await _client()
+            await _describe(client, job_id)
             try:
                 st = await status(client, job_id)
             except Exception as e:  # noqa: BLE001
-                raise _fail(f"no such job {job_id!r} ({e})") from None
+                raise _fail(f"cannot read the status of {job_id!r}: {e}", 1) from None
             _print_status(st, as_json)
 
         _run(go())
@@ -179,7 +242,7 @@ def register(app: typer.Typer) -> None:
         from tickreplay.jobs import download_results
 
         try:
-            manifest = download_results(_settings(), job_id, out)
+            manifest = download_results(_stack_settings(), job_id, out)
         except (FileNotFoundError, ValueError) as e:
             raise _fail(str(e)) from None
         console.print(f"results:     {out.resolve()}")
@@ -190,7 +253,23 @@ def register(app: typer.Typer) -> None:
         """A job's events, its error with traceback, and the strategy's log records."""
         from tickreplay.jobs import job_logs
 
-        logs = job_logs(_settings(), job_id)
+        settings = _stack_settings()
+        try:
+            logs = job_logs(settings, job_id)
+        except Exception as e:  # noqa: BLE001 - storage failures of any kind: one line
+            raise _fail(f"cannot read the logs of {job_id!r}: {type(e).__name__}: {e}", 1) from None
+        if not (logs["events"] or logs["error"] or logs["strategy_logs"]):
+            # Nothing stored: an unknown id (exit 1), or a job that has not started yet. Either
+            # way _run ends the process here.
+            async def known() -> None:
+                desc = await _describe(await _client(), job_id)
+                status = desc.status.name if desc.status is not None else "UNKNOWN"
+                if as_json:
+                    sys.stdout.write(json.dumps(logs, indent=2, default=str) + "\n")
+                err.print(f"job {job_id} ({status}) has no events yet", highlight=False,
+                          markup=False)
+
+            _run(known())
         if as_json:
             sys.stdout.write(json.dumps(logs, indent=2, default=str) + "\n")
             return
@@ -203,7 +282,7 @@ def register(app: typer.Typer) -> None:
             console.print(json.dumps(rec, default=str), highlight=False, markup=False)
         if logs["error"]:
             e = logs["error"]
-            err.print(f"[bold red]{e['kind']}[/]: {e['message']}", highlight=False)
+            err.print(_error_line(e["kind"], e["message"]), highlight=False, markup=False)
             if e.get("traceback"):
                 err.print(e["traceback"], markup=False, highlight=False)
 
@@ -211,8 +290,16 @@ def register(app: typer.Typer) -> None:
     def cancel_cmd(job_id: str) -> None:
         """Cancel a job: its runner process is stopped and the job ends CANCELLED."""
 
+        from temporalio.client import WorkflowExecutionStatus
+
+        from tickreplay.jobs import _STATUS
+
         async def go() -> None:
             client = await _client()
+            desc = await _describe(client, job_id)
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                state = _STATUS.get(desc.status, str(desc.status))
+                raise _fail(f"job {job_id} has already finished ({state}); nothing to cancel", 1)
             await client.get_workflow_handle(job_id).cancel()
             console.print(f"cancel requested for {job_id}")
 
@@ -233,6 +320,8 @@ def register(app: typer.Typer) -> None:
         latency_ms: Annotated[float, typer.Option(min=0)] = 0.0,
         slippage_bps: Annotated[float, typer.Option(min=0)] = 0.0,
         commission: Annotated[str, typer.Option()] = "none",
+        stall_timeout: StallTimeout = 600.0,
+        allow_missing: AllowMissing = False,
         as_json: Annotated[bool, typer.Option("--json")] = False,
     ) -> None:
         """Run a parameter grid as child backtests and print them ranked by a metric."""
@@ -246,7 +335,10 @@ def register(app: typer.Typer) -> None:
                 raise _fail(f"--grid expects name=v1,v2,..., got {g!r}")
             axes[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
         config = build_config(latency_ms, slippage_bps, commission, 1_000_000.0, 0, "auto")
-        base = _prepare(_spec(strategy, data, symbols, start, end, param, config), None, 30.0)
+        spec = _spec(strategy, data, symbols, start, end, param, config)
+        base = _prepare(spec, None, 30.0, stall_timeout)
+        _stack_settings()
+        check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
         from tickreplay.strategy.loader import bundle_from_spec, load_strategy
 
         bundle = bundle_from_spec(strategy)
@@ -278,6 +370,40 @@ def register(app: typer.Typer) -> None:
                               f"{value:.6g}" if isinstance(value, float) else str(value),
                               row["status"], row["job_id"])
             console.print(table)
+
+        _run(go())
+
+    @app.command("gc")
+    def gc_cmd(
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False,
+        as_json: Annotated[bool, typer.Option("--json")] = False,
+    ) -> None:
+        """Delete checkpoints and staged results of finished jobs; running jobs and results stay."""
+        from tickreplay.data.store import S3Store
+        from tickreplay.garbage import collect
+
+        settings = _stack_settings()
+
+        async def go() -> None:
+            client = await _client()
+            artifacts = S3Store(settings.artifacts_bucket, settings=settings)
+            try:
+                report = await collect(artifacts, client, dry_run=dry_run)
+            except Exception as e:  # noqa: BLE001 - storage failures of any kind: one line
+                raise _fail(f"gc failed: {type(e).__name__}: {e}", 1) from None
+            if as_json:
+                sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+                return
+            verb = "would remove" if dry_run else "removed"
+            for job, stats in sorted(report.cleaned.items()):
+                console.print(f"{verb} {stats.objects} objects ({stats.bytes / 1e6:.1f} MB) of "
+                              f"{job}", highlight=False)
+            for job, why in sorted(report.skipped.items()):
+                err.print(f"skipped {job}: {why}", highlight=False, markup=False)
+            total = report.total
+            console.print(f"{verb} {total.objects} objects ({total.bytes / 1e6:.1f} MB) of "
+                          f"{len(report.cleaned)} finished jobs; kept {len(report.running)} "
+                          "running", highlight=False)
 
         _run(go())
 
