@@ -9,6 +9,7 @@ well as its pid: the kernel recycles pids, and a recycled pid must never be sign
 Layout of a state dir (default ``Settings().home``, i.e. ``~/.tickreplay``)::
 
     stack.json  stack.env  stack.lock      what runs where; KEY=VALUE lines other commands load
+    ports.json                             the ports of the last ``up``; kept by ``down``
     pids/<part>.pid                        JSON: pid, create_time, cmdline, ports, endpoint, log
     temporal/temporal.sqlite, temporal.log workflow histories survive ``down`` / ``up``
     s3/data/, s3/weed.log                  SeaweedFS volumes, filer metadata, credentials
@@ -135,6 +136,29 @@ def _part_order(name: str) -> tuple[int, int]:
     return (len(_SERVICES), int(name.rpartition("-")[2]) if name[-1:].isdigit() else 0)
 
 
+def _ports_path(state_dir: Path) -> Path:
+    return state_dir / "ports.json"
+
+
+def _read_last_ports(state_dir: Path) -> dict[str, int]:
+    """The ports of the last successful ``up`` in this state dir (``{}`` if none or unreadable).
+
+    Kept apart from the PID files, which ``down`` removes: the next ``up`` must come back on
+    the same ports, or every client configured for this stack would talk to the wrong one.
+    """
+    try:
+        doc = json.loads(_ports_path(state_dir).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable %s (%s)", _ports_path(state_dir), e)
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {k: v for k, v in doc.items()
+            if k in DEFAULT_PORTS and isinstance(v, int) and 0 < v < 65536}
+
+
 def _pid_path(state_dir: Path, name: str) -> Path:
     return state_dir / "pids" / f"{name}.pid"
 
@@ -208,8 +232,9 @@ def up(
 
     Args:
         state_dir: Where data, logs, PID files, ``stack.json`` and ``stack.env`` live.
-        temporal_port: Temporal gRPC port. ``None``: the port recorded in its PID file (running
-            or not), else 7233. Likewise ``ui_port`` (8233) and ``s3_port`` (8333).
+        temporal_port: Temporal gRPC port. ``None``: the port it runs on, else the one of the
+            last ``up`` in this state dir (``ports.json``, kept by ``down``), else 7233.
+            Likewise ``ui_port`` (8233) and ``s3_port`` (8333).
         ui_port: Temporal Web UI port.
         s3_port: SeaweedFS S3 port.
         workers: How many worker processes (``worker-1`` .. ``worker-N``) should run.
@@ -229,7 +254,7 @@ def up(
     settings = settings or Settings()
     with _locked(state_dir):
         alive: dict[str, _PidRecord] = {}
-        previous: dict[str, int] = {}
+        previous: dict[str, int] = _read_last_ports(state_dir)
         for name, rec in _read_records(state_dir).items():
             if rec.process() is None:
                 log.info("%s (pid %d) is gone; removing its stale pid file", name, rec.pid)
@@ -242,6 +267,7 @@ def up(
         wanted = [*_SERVICES, *(f"worker-{i}" for i in range(1, workers + 1))]
         missing = [name for name in wanted if name not in alive]
         if not missing:
+            _write_atomic(_ports_path(state_dir), json.dumps(ports, indent=2) + "\n")
             return status(state_dir)
         _check_ports_free(ports, missing)
         return _start(state_dir, ports, missing, alive, settings, time.monotonic() + timeout)
@@ -442,6 +468,7 @@ def _write_stack_files(state_dir: Path, info: StackInfo, ports: dict[str, int],
     for part in doc["parts"]:
         part.pop("alive")  # a snapshot would go stale; `tickreplay ps` checks the kernel
     _write_atomic(state_dir / "stack.json", json.dumps(doc, indent=2) + "\n")
+    _write_atomic(_ports_path(state_dir), json.dumps(ports, indent=2) + "\n")
     env = {
         "TICKREPLAY_TEMPORAL_ADDRESS": info.temporal_address,
         "TICKREPLAY_S3_ENDPOINT": info.s3_endpoint,
@@ -459,7 +486,8 @@ def down(state_dir: Path, *, worker_grace: float = 60.0, service_grace: float = 
     backtests; services get ``service_grace`` (SeaweedFS's filer needs about 15 s to stop
     cleanly). Whatever is still up then is SIGKILLed with its process group and descendants.
     A PID file whose pid now belongs to another process is dropped without signalling anyone.
-    Data (Temporal's SQLite file, S3 objects) stays.
+    Data (Temporal's SQLite file, S3 objects) stays, and so does ``ports.json``: the next
+    ``up`` reuses those ports.
 
     Returns:
         Names of the parts that were running and have been stopped.
