@@ -292,14 +292,14 @@ def register(app: typer.Typer) -> None:
 
         from temporalio.client import WorkflowExecutionStatus
 
-        from tickreplay.jobs import _STATUS
+        from tickreplay.jobs import status_name
 
         async def go() -> None:
             client = await _client()
             desc = await _describe(client, job_id)
             if desc.status != WorkflowExecutionStatus.RUNNING:
-                state = _STATUS.get(desc.status, str(desc.status))
-                raise _fail(f"job {job_id} has already finished ({state}); nothing to cancel", 1)
+                raise _fail(f"job {job_id} has already finished ({status_name(desc.status)}); "
+                            "nothing to cancel", 1)
             await client.get_workflow_handle(job_id).cancel()
             console.print(f"cancel requested for {job_id}")
 
@@ -337,7 +337,7 @@ def register(app: typer.Typer) -> None:
         config = build_config(latency_ms, slippage_bps, commission, 1_000_000.0, 0, "auto")
         spec = _spec(strategy, data, symbols, start, end, param, config)
         base = _prepare(spec, None, 30.0, stall_timeout)
-        _stack_settings()
+        _stack_settings()  # no stack: fail now, before listing the catalog
         check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
         from tickreplay.strategy.loader import bundle_from_spec, load_strategy
 

@@ -35,6 +35,11 @@ _STATUS = {
 }
 
 
+def status_name(status: WorkflowExecutionStatus | None) -> str:
+    """The job status a user sees (``SUCCEEDED``, ``FAILED``, ...) for a workflow status."""
+    return _STATUS.get(status, str(status)) if status is not None else "UNKNOWN"
+
+
 # The memo key holding the digest of a job's input, set when its workflow starts.
 INPUT_DIGEST_MEMO = "job_input_sha256"
 # Letters, digits, ".", "_", "-": a job id names object prefixes (checkpoints/{id}/, results
@@ -133,8 +138,7 @@ async def _existing(client: Client, job_id: str, digest: str) -> WorkflowHandle[
     if theirs is None:  # started before digests were recorded: read its input instead
         theirs = await _started_input_digest(client, handle)
     if theirs != digest:
-        raise JobConflictError(job_id, _STATUS.get(desc.status, str(desc.status))
-                               if desc.status is not None else "UNKNOWN")
+        raise JobConflictError(job_id, status_name(desc.status))
     return handle
 
 
