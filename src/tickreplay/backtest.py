@@ -16,14 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pyarrow.parquet as pq
-
 import tickreplay
 from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import DataPlan, Partition, plan_data
 from tickreplay.data.errors import DataError
 from tickreplay.data.store import ObjectStore, open_store
-from tickreplay.data.stream import open_tick_stream
+from tickreplay.data.stream import check_partition, open_tick_stream
 from tickreplay.engine.config import RunConfig
 from tickreplay.engine.core import ENGINE_VERSION, Engine, EngineResult
 from tickreplay.metrics import compute
@@ -45,6 +43,35 @@ class Progress:
     ticks_total: int
     sim_ts: int
     elapsed_s: float
+
+
+class RunProbe:
+    """Where a running simulation is, readable from another thread (for time-based progress).
+
+    ``simulate`` records the engine and, per chunk, its timestamps and how many ticks came
+    before it; ``position()`` then finds the tick being processed from the engine's current
+    tick timestamp, so a strategy stuck in ``on_tick`` is reported at the tick where it really
+    is, not at the start of its chunk. Nothing is added to the per-tick loop.
+    """
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.chunk_ts: Any = None
+        self.chunk_base = 0
+        self.phase = "starting"
+
+    def position(self) -> dict[str, Any]:
+        """``{ticks_done, sim_ts, symbol, phase}`` as of now (approximate within equal stamps)."""
+        import numpy as np
+
+        eng, ts, base = self.engine, self.chunk_ts, self.chunk_base
+        if eng is None:
+            return {"ticks_done": 0, "sim_ts": 0, "symbol": None, "phase": self.phase}
+        now = int(eng._tick.ts or 0)
+        done = eng.ticks_done
+        if ts is not None and self.phase == "running" and len(ts):
+            done = base + int(np.searchsorted(ts, now, side="left"))
+        return {"ticks_done": done, "sim_ts": now, "symbol": eng._tick.symbol, "phase": self.phase}
 
 
 class StopRequested(Exception):
@@ -71,8 +98,12 @@ def fetch_plan(plan: DataPlan, store: ObjectStore, cache: PartitionCache,
 
 
 def count_ticks(paths: dict[str, Path]) -> int:
-    """Total rows of the plan, from Parquet footers only."""
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths.values())
+    """Total rows of the plan, from Parquet footers only; every partition is checked on the way.
+
+    Raises:
+        CorruptDataError: A partition is empty, damaged or has a wrong schema (named).
+    """
+    return sum(check_partition(path, key) for key, path in paths.items())
 
 
 def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
@@ -128,6 +159,7 @@ def simulate(
     checkpoint_every_s: float = 30.0,
     should_stop: Callable[[], bool] | None = None,
     stats: dict[str, float] | None = None,
+    probe: RunProbe | None = None,
 ) -> EngineResult:
     """Drive the engine over the plan's merged stream, from the start or from a checkpoint.
 
@@ -139,6 +171,9 @@ def simulate(
     strategy, _ = load_strategy(bundle, params)
     engine = (Engine.restore(checkpoint, strategy) if checkpoint
               else Engine(strategy, plan.symbols, config))
+    if probe is not None:
+        probe.engine = engine
+        probe.phase = "on_start"
     engine.start()
     # The per-tick path always fills tick.price and tick.size; the vectorised path reads only
     # what the strategy declares (plus price, which fills need).
@@ -159,6 +194,9 @@ def simulate(
 
     t0 = last_ckpt = time.monotonic()
     for chunk in stream:
+        if probe is not None:
+            probe.chunk_base, probe.chunk_ts = engine.ticks_done, chunk.column(0).to_numpy()
+            probe.phase = "running"
         engine.feed(chunk)
         now = time.monotonic()
         if on_progress is not None:
@@ -171,6 +209,8 @@ def simulate(
         if on_checkpoint is not None and now - last_ckpt >= checkpoint_every_s:
             take_checkpoint()
             last_ckpt = time.monotonic()
+    if probe is not None:
+        probe.phase = "on_stop"
     return engine.finish()
 
 

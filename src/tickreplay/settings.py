@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 45.0
     run_memory_mb: int = Field(6144, description="RLIMIT_AS of a backtest's runner process")
     node_id: str | None = Field(None, description="Worker node name (default: host + random)")
+    signing_key: str | None = Field(
+        None, description="Hex HMAC key sealing checkpoints and signing manifests "
+                          "(default: read from, or created in, home/signing.key)")
+    outage_budget_s: float = Field(
+        3600.0, description="How long a job waits out an object-store or Temporal outage")
+    runner_sandbox: str = Field(
+        "auto", description="Runner isolation: 'bwrap' (bubblewrap), 'process' (none), or 'auto' "
+                            "(bwrap when installed)")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -68,6 +76,22 @@ class Settings(BaseSettings):
             if value is not None:
                 out[f"TICKREPLAY_{name.upper()}"] = str(value)
         return out
+
+    def platform_key(self, *, create: bool = False) -> bytes:
+        """The workers' signing key: ``signing_key`` if set, else ``<home>/signing.key``.
+
+        Workers create the file on first start (``create=True``); clients only read it, so a
+        client pointed at the wrong home fails verification instead of inventing a key.
+        """
+        from tickreplay.integrity import IntegrityError, load_or_create_key, parse_key
+
+        if self.signing_key:
+            return parse_key(self.signing_key, "TICKREPLAY_SIGNING_KEY")
+        path = self.home / "signing.key"
+        if not create and not path.is_file():
+            raise IntegrityError(f"no signing key at {path} (set TICKREPLAY_SIGNING_KEY or "
+                                 "TICKREPLAY_HOME to the stack's)")
+        return load_or_create_key(path)
 
     def resolved_cache_dir(self) -> Path:
         """The cache directory, defaulting to ``<home>/cache``."""

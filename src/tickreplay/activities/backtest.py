@@ -3,19 +3,33 @@
 Every activity is safe to repeat: uploads are content-addressed or attempt-scoped, the result
 is committed by a conditional manifest write, and a resumed run starts from a checkpoint that
 was durably stored before its key was ever heartbeated.
+
+Trust boundary: the worker holds the storage credentials and the platform's signing key; the
+runner process (user code) holds neither. The worker fetches everything a run reads, checks a
+checkpoint's seal and identity before handing it over, and seals checkpoints and signs results
+that the runner leaves in its work directory.
+
+Faults: every activity heartbeats about once a second (a lost worker is noticed within the
+heartbeat timeout, in every stage), and object-store calls wait out an outage for
+``outage_budget_s`` with capped backoff instead of burning a retry count in seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
+import hashlib
 import json
 import os
-import signal
-import sys
+import stat
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -23,14 +37,63 @@ from temporalio.exceptions import ApplicationError
 from tickreplay.settings import Settings
 from tickreplay.workflows import types as t
 
+T = TypeVar("T")
 HEARTBEAT_EVERY_S = 1.0
 # Each progress signal costs ~4 history events: every 60 s keeps a 7-day run far below the
 # 51,200-event limit. `tickreplay status` reads fresher progress from the heartbeat.
 SIGNAL_EVERY_S = 60.0
 
 
+
+@contextmanager
+def pulse(details: Callable[[], Any] | None = None) -> Iterator[None]:
+    """Heartbeat about every second from a side thread while a SYNC activity works.
+
+    Why: a download or upload of one big object can take longer than the heartbeat timeout;
+    heartbeating only between steps made a lost worker invisible for minutes.
+    """
+    ctx = contextvars.copy_context()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_EVERY_S):
+            try:
+                ctx.run(activity.heartbeat, *([details()] if details else []))
+            except Exception:  # noqa: BLE001 - a heartbeat hiccup must not kill the activity
+                activity.logger.debug("heartbeat failed", exc_info=True)
+
+    thread = threading.Thread(target=beat, daemon=True, name="tickreplay-pulse")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def run_identity(inp: t.RunInput) -> dict[str, Any]:
+    """What a checkpoint of this run must be bound to: it restores into nothing else."""
+    from tickreplay.engine.core import ENGINE_VERSION
+
+    return {"job_id": inp.job_id, "strategy_digest": inp.strategy.digest,
+            "data_fingerprint": inp.plan.fingerprint, "spec": inp.spec,
+            "engine_version": ENGINE_VERSION}
+
+
+def _read_regular(path: Path) -> bytes:
+    """Bytes of a regular file, refusing symlinks (the runner must not point us elsewhere)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 class BacktestActivities:
-    """Activities bound to one worker node: its settings, cache and own task queue."""
+    """Activities bound to one worker node: its settings, cache, key and own task queue."""
 
     def __init__(self, settings: Settings, node_queue: str, node: str) -> None:
         from tickreplay.data.cache import PartitionCache
@@ -39,7 +102,11 @@ class BacktestActivities:
         self.node_queue = node_queue
         self.node = node
         self.cache = PartitionCache(settings.resolved_cache_dir(), settings.cache_max_bytes)
-        self.pool: RunnerPool | None = None  # created on first use, inside the event loop
+        self.key = settings.platform_key(create=True)
+        self.pool: Any = None  # RunnerPool, created on first use inside the event loop
+        # Events are best effort and must never block a heartbeating event loop (an S3
+        # outage would otherwise stall it): one background thread writes them in order.
+        self._events = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="events")
 
     # ------------------------------------------------------------------ helpers
     def _artifacts(self) -> Any:
@@ -47,14 +114,27 @@ class BacktestActivities:
 
         return open_store(f"s3://{self.settings.artifacts_bucket}", self.settings)
 
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        from tickreplay.data.retry import with_outage_retry
+
+        return with_outage_retry(fn, what, self.settings.outage_budget_s)
+
     def _event(self, job_id: str, kind: str, /, **fields: Any) -> None:
         """Append an operational event to the job's log (one small object per event)."""
         rec = {"ts": time.time(), "kind": kind, "node": self.node, **fields}
         key = f"jobs/{job_id}/events/{time.time_ns():020d}-{kind}.json"
-        try:
-            self._artifacts().put_bytes(key, json.dumps(rec, default=str).encode())
-        except Exception:  # noqa: BLE001 - an event log hiccup must never fail the job
-            activity.logger.warning("could not write event %s for %s", kind, job_id)
+
+        def write() -> None:
+            try:
+                self._artifacts().put_bytes(key, json.dumps(rec, default=str).encode())
+            except Exception:  # noqa: BLE001 - an event log hiccup must never fail the job
+                activity.logger.warning("could not write event %s for %s", kind, job_id)
+
+        self._events.submit(write)
+
+    def flush_events(self, timeout: float = 30.0) -> None:
+        """Wait until every queued event is written (or failed)."""
+        self._events.submit(lambda: None).result(timeout)
 
     # ------------------------------------------------------------------ activities
     @activity.defn(name="resolve_strategy")
@@ -63,24 +143,26 @@ class BacktestActivities:
         from tickreplay.data.store import ObjectExistsError
         from tickreplay.strategy.loader import StrategyBundle
 
-        def work() -> t.StrategyRef:
-            try:
-                bundle = StrategyBundle(inp.bundle["files"], inp.bundle["entry"],
-                                        inp.bundle.get("class"), "")
-                bundle = StrategyBundle.from_bytes(bundle.to_bytes())
-            except (KeyError, TypeError, ValueError) as e:
-                raise ApplicationError(f"invalid strategy bundle: {e}", type=t.SPEC_ERROR,
-                                       non_retryable=True) from None
-            key = f"strategies/{bundle.digest}.json"
-            store = self._artifacts()
+        try:
+            bundle = StrategyBundle(inp.bundle["files"], inp.bundle["entry"],
+                                    inp.bundle.get("class"), "")
+            bundle = StrategyBundle.from_bytes(bundle.to_bytes())
+        except (KeyError, TypeError, ValueError) as e:
+            raise ApplicationError(f"invalid strategy bundle: {e}", type=t.SPEC_ERROR,
+                                   non_retryable=True) from None
+        key = f"strategies/{bundle.digest}.json"
+        store = self._artifacts()
+
+        def put() -> None:
             try:
                 store.put_bytes(key, bundle.to_bytes(), if_none_match=True)
             except ObjectExistsError:
                 pass  # same digest, same bytes
-            self._event(inp.job_id, "strategy_resolved", digest=bundle.digest)
-            return t.StrategyRef(bundle.digest, key)
 
-        return work()
+        with pulse():
+            self._retry(put, "store strategy bundle")
+        self._event(inp.job_id, "strategy_resolved", digest=bundle.digest)
+        return t.StrategyRef(bundle.digest, key)
 
     @activity.defn(name="plan_data")
     def plan_data(self, inp: t.PlanInput) -> t.PlanRef:
@@ -90,80 +172,121 @@ class BacktestActivities:
         from tickreplay.data.store import open_store
         from tickreplay.spec import BacktestSpec, SpecError
 
-        def work() -> t.PlanRef:
-            try:
-                spec = BacktestSpec.parse(inp.spec)
-                plan = plan_data(open_store(spec.data_url, self.settings), spec.symbols,
-                                 spec.start, spec.end)
-            except EmptyPlanError as e:
-                raise ApplicationError(str(e), type=t.EMPTY_PLAN, non_retryable=True) from None
-            except SpecError as e:
-                raise ApplicationError(str(e), type=t.SPEC_ERROR, non_retryable=True) from None
-            key = f"jobs/{inp.job_id}/plan-{plan.fingerprint[:16]}.json"
-            self._artifacts().put_bytes(key, json.dumps(plan.to_dict()).encode())
-            self._event(inp.job_id, "planned", fingerprint=plan.fingerprint,
-                        partitions=len(plan.partitions))
-            return t.PlanRef(key, plan.fingerprint, len(plan.partitions))
-
-        return work()
+        try:
+            spec = BacktestSpec.parse(inp.spec)
+            with pulse():
+                plan = self._retry(lambda: plan_data(open_store(spec.data_url, self.settings),
+                                                     spec.symbols, spec.start, spec.end),
+                                   "plan data")
+        except EmptyPlanError as e:
+            raise ApplicationError(str(e), type=t.EMPTY_PLAN, non_retryable=True) from None
+        except SpecError as e:
+            raise ApplicationError(str(e), type=t.SPEC_ERROR, non_retryable=True) from None
+        key = f"jobs/{inp.job_id}/plan-{plan.fingerprint[:16]}.json"
+        with pulse():
+            self._retry(lambda: self._artifacts().put_bytes(key, json.dumps(plan.to_dict()).encode()),
+                        "store plan")
+        self._event(inp.job_id, "planned", fingerprint=plan.fingerprint,
+                    partitions=len(plan.partitions))
+        return t.PlanRef(key, plan.fingerprint, len(plan.partitions))
 
     @activity.defn(name="warm_cache")
     def warm_cache(self, inp: t.WarmInput) -> t.WarmResult:
-        """Fetch the plan's partitions into this node's cache; return this node's own queue."""
+        """Fetch the plan's partitions into this node's cache; return this node's own queue.
+
+        A node whose cache is unusable (read-only, full) refuses with ``NodeUnhealthy`` naming
+        itself and the reason, before downloading anything; the workflow then places the run
+        on another node. So does a node the workflow already found unhealthy.
+        """
         from tickreplay.backtest import count_ticks, fetch_plan
-        from tickreplay.data.catalog import DataPlan
         from tickreplay.data.errors import DataError
         from tickreplay.data.store import open_store
 
-        def work() -> t.WarmResult:
-            plan = DataPlan.from_dict(json.loads(self._artifacts().get_bytes(inp.plan_key)))
+        if self.node in (inp.avoid_nodes or []):
+            raise ApplicationError(f"node {self.node} was found unhealthy for this job; "
+                                   "leaving it to another node", type="AvoidNode")
+        with pulse():
+            plan = self._load_plan(inp.plan_key)
+            problem = self.cache.health_problem(self.cache.missing_bytes(plan.partitions))
+            if problem is not None:
+                self._event(inp.job_id, "node_unhealthy", reason=problem)
+                raise ApplicationError(f"node {self.node}: {problem}",
+                                       {"node": self.node, "reason": problem},
+                                       type=t.NODE_UNHEALTHY, non_retryable=True)
             store = open_store(plan.url, self.settings)
             try:
-                paths = fetch_plan(plan, store, self.cache, on_fetched=activity.heartbeat)
+                paths = self._retry(lambda: fetch_plan(plan, store, self.cache), "fetch data")
+                total = count_ticks(paths)
             except DataError as e:
                 raise ApplicationError(str(e), type=t.DATA_ERROR, non_retryable=True) from None
-            total = count_ticks(paths)
-            self._event(inp.job_id, "cache_warm", partitions=len(paths), ticks_total=total,
-                        task_queue=self.node_queue)
-            return t.WarmResult(self.node_queue, self.node, total)
+        self._event(inp.job_id, "cache_warm", partitions=len(paths), ticks_total=total,
+                    task_queue=self.node_queue)
+        return t.WarmResult(self.node_queue, self.node, total)
 
-        return work()
+    def _load_plan(self, key: str) -> Any:
+        from tickreplay.data.catalog import DataPlan
+
+        return DataPlan.from_dict(json.loads(self._retry(lambda: self._artifacts().get_bytes(key),
+                                                         "read plan")))
 
     @activity.defn(name="publish_results")
     def publish_results(self, inp: t.PublishInput) -> t.PublishOutput:
-        """Verify the staged result and commit it under results/{job_id}/, manifest last."""
-        from tickreplay.data.store import S3Store
-        from tickreplay.results import (
-            ResultConflictError,
-            ResultsError,
-            publish_results,
-            verify_results,
-        )
+        """Verify the staged result (signature, files, hash); commit it under results/{job_id}/.
 
-        def work() -> t.PublishOutput:
-            artifacts = self._artifacts()
-            results = S3Store(self.settings.results_bucket, settings=self.settings)
+        Only the files the signed staged manifest lists are copied, so bytes anyone else put
+        under the staging prefix never reach the result. After the commit, the job's
+        checkpoints and staging objects are removed (results are never touched).
+        """
+        from tickreplay.data.store import S3Store
+        from tickreplay.results import ResultConflictError, ResultsError, publish_results
+        from tickreplay.results.files import MANIFEST, read_manifest
+
+        artifacts = self._artifacts()
+        results = S3Store(self.settings.results_bucket, settings=self.settings)
+
+        def work() -> None:
             results.ensure_bucket()
             with tempfile.TemporaryDirectory(prefix="tickreplay-publish-") as tmp:
-                for obj in artifacts.list(inp.staging_prefix + "/"):
-                    artifacts.download(obj.key, Path(tmp) / obj.key.rsplit("/", 1)[-1])
-                try:
-                    manifest = verify_results(Path(tmp))
-                    if manifest["result_hash"] != inp.result_hash:
-                        raise ResultsError("staged result hash does not match the run's")
-                    publish_results(Path(tmp), results, inp.job_id)
-                except ResultConflictError as e:
-                    raise ApplicationError(str(e), type=t.RESULT_CONFLICT,
-                                           non_retryable=True) from None
-            url = f"s3://{self.settings.results_bucket}/{inp.job_id}/"
-            self._event(inp.job_id, "published", results_url=url, result_hash=inp.result_hash)
-            return t.PublishOutput(url, inp.result_hash)
+                artifacts.download(f"{inp.staging_prefix}/{MANIFEST}", Path(tmp) / MANIFEST)
+                manifest = read_manifest(Path(tmp))
+                for name in sorted(manifest.get("files", {})):
+                    if "/" in name or name.startswith("."):
+                        raise ResultsError(f"staged manifest lists a bad file name {name!r}")
+                    artifacts.download(f"{inp.staging_prefix}/{name}", Path(tmp) / name)
+                if manifest.get("result_hash") != inp.result_hash:
+                    raise ResultsError("staged result hash does not match the run's")
+                publish_results(Path(tmp), results, inp.job_id, key=self.key)
 
-        return work()
+        with pulse():
+            try:
+                self._retry(work, "publish results")
+            except ResultConflictError as e:
+                raise ApplicationError(str(e), type=t.RESULT_CONFLICT, non_retryable=True) from None
+            except (ResultsError, FileNotFoundError) as e:
+                raise ApplicationError(f"staged result refused: {e}", type=t.RESULT_ERROR,
+                                       non_retryable=True) from None
+            self._clean_up(inp.job_id)
+        url = f"s3://{self.settings.results_bucket}/{inp.job_id}/"
+        self._event(inp.job_id, "published", results_url=url, result_hash=inp.result_hash)
+        return t.PublishOutput(url, inp.result_hash)
 
+    def _clean_up(self, job_id: str) -> None:
+        """Remove the finished job's checkpoints and staging objects (best effort)."""
+        try:
+            from tickreplay.garbage import clean_job
+
+            stats = clean_job(self._artifacts(), job_id)
+            self._event(job_id, "cleaned_up", **{k: v for k, v in vars(stats).items()
+                                                 if isinstance(v, int | float)})
+        except Exception:  # noqa: BLE001 - garbage left behind is for `tickreplay gc`
+            activity.logger.warning("clean-up of %s failed", job_id, exc_info=True)
+
+    # ------------------------------------------------------------------ the run
     @activity.defn(name="run_backtest")
     async def run_backtest(self, inp: t.RunInput) -> t.RunOutput:
-        """Run the engine in a child process; heartbeat checkpoint keys; resume on retry."""
+        """Run the engine in a sandboxed runner; seal and heartbeat its checkpoints; resume."""
+        from tickreplay.runner.launch import RunnerPool
+
         info = activity.info()
         resume = inp.resume
         details = list(info.heartbeat_details or [])
@@ -179,100 +302,274 @@ class BacktestActivities:
         }
         self._event(inp.job_id, "run_started", attempt=info.attempt,
                     resume_from=state["checkpoint_key"], ticks_done=state["ticks_done"])
-        job = {
-            "job_id": inp.job_id, "spec": inp.spec, "strategy_key": inp.strategy.key,
-            "strategy_digest": inp.strategy.digest, "plan_key": inp.plan.key,
-            "ticks_total": inp.ticks_total, "checkpoint_every_s": inp.options.checkpoint_every_s,
-            "resume": {k: state[k] for k in ("checkpoint_key", "ticks_done")},
+        if self.pool is None:
+            self.pool = RunnerPool(self.settings, self.settings.home / "runs" / self.node)
+        runner = await self.pool.acquire()
+        try:
+            job = await self._while_beating(
+                asyncio.to_thread(self._prepare_run, inp, state, runner.workdir), state)
+            await runner.send(job)
+            return await self._drive(inp, runner, state)
+        except asyncio.CancelledError:
+            self._event(inp.job_id, "run_cancelled", ticks_done=state["progress"])
+            raise
+        finally:
+            await runner.close()
+
+    async def _while_beating(self, work: Any, state: dict[str, Any]) -> Any:
+        """Await ``work`` while heartbeating every second (the event loop stays free)."""
+        task = asyncio.ensure_future(work)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
+            if done:
+                return task.result()
+            activity.heartbeat(dict(state))
+
+    def _prepare_run(self, inp: t.RunInput, state: dict[str, Any], workdir: Path
+                     ) -> dict[str, Any]:
+        """Everything the runner reads, as local files; the checkpoint is checked here."""
+        from tickreplay.backtest import fetch_plan
+        from tickreplay.data.errors import DataError
+        from tickreplay.data.store import open_store
+        from tickreplay.integrity import IntegrityError, open_checkpoint
+        from tickreplay.strategy.loader import StrategyBundle
+
+        artifacts = self._artifacts()
+        raw = self._retry(lambda: artifacts.get_bytes(inp.strategy.key), "read strategy")
+        if StrategyBundle.from_bytes(raw).digest != inp.strategy.digest:
+            raise ApplicationError(f"strategy object {inp.strategy.key} does not hash to "
+                                   f"{inp.strategy.digest}", type=t.SPEC_ERROR, non_retryable=True)
+        plan = self._load_plan(inp.plan.key)
+        try:
+            paths = self._retry(lambda: fetch_plan(plan, open_store(plan.url, self.settings),
+                                                   self.cache), "fetch data")
+        except DataError as e:
+            raise ApplicationError(str(e), type=t.DATA_ERROR, non_retryable=True) from None
+        ckpt_file = None
+        if state["checkpoint_key"]:
+            key = state["checkpoint_key"]
+            try:
+                sealed = self._retry(lambda: artifacts.get_bytes(key), "read checkpoint")
+                blob, ticks = open_checkpoint(sealed, run_identity(inp), self.key)
+                ckpt_file = workdir / "resume.ckpt"
+                ckpt_file.write_bytes(blob)
+                state.update(ticks_done=ticks, progress=ticks)
+            except (IntegrityError, FileNotFoundError) as e:
+                activity.logger.warning("checkpoint %s refused: %s", key, e)
+                self._event(inp.job_id, "checkpoint_discarded", checkpoint_key=key,
+                            message=f"checkpoint refused ({e}); starting from the first tick")
+                state.update(checkpoint_key=None, ticks_done=0, progress=0)
+        return {
+            "job_id": inp.job_id, "spec": inp.spec, "bundle": raw.decode(),
+            "strategy_digest": inp.strategy.digest, "plan": plan.to_dict(),
+            "paths": {k: str(v) for k, v in paths.items()}, "ticks_total": inp.ticks_total,
+            "checkpoint_every_s": inp.options.checkpoint_every_s,
+            "checkpoint_file": str(ckpt_file) if ckpt_file else None,
+            "resumed_from": state["ticks_done"], "workdir": str(workdir),
             "memory_mb": self.settings.run_memory_mb,
         }
-        if self.pool is None:
-            self.pool = RunnerPool(self.settings)
-        runner = _Runner(self.pool, job)
-        await runner.start()
-        activity.heartbeat(dict(state))
+
+    async def _drive(self, inp: t.RunInput, runner: Any, state: dict[str, Any]) -> t.RunOutput:
+        """Follow the runner's messages until it is done, fails, stalls, or the worker stops."""
+        info = activity.info()
+        identity = run_identity(inp)
         shutdown = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+        upload: asyncio.Future[tuple[str, int]] | None = None
+        pending: int | None = None  # ticks of the newest checkpoint not uploaded yet
         last_signal = 0.0
-        last_progress = time.monotonic()
+        last_move = time.monotonic()
+        last_pos: tuple[Any, ...] | None = None
         stopping = False
         try:
             while True:
-                for msg in runner.drain():
-                    kind = msg["type"]
-                    if kind in ("progress", "checkpoint"):
-                        last_progress = time.monotonic()
-                    if kind == "progress":
-                        state.update(progress=msg["ticks_done"], sim_ts=msg["sim_ts"])
-                    elif kind == "checkpoint":
-                        state.update(checkpoint_key=msg["key"], ticks_done=msg["ticks_done"])
-                        activity.heartbeat(dict(state))
-                    elif kind == "started":
-                        self._event(inp.job_id, "runner_started", pid=msg["pid"],
-                                    resumed_from=msg["resumed_from"])
-                    elif kind == "warning":
-                        state.update(checkpoint_key=None, ticks_done=0)
-                        self._event(inp.job_id, "checkpoint_discarded", message=msg["message"])
-                    elif kind == "stopped":
-                        self._event(inp.job_id, "run_stopped", ticks_done=state["ticks_done"],
-                                    checkpoint_key=state["checkpoint_key"])
-                    elif kind == "done":
-                        await self._signal_progress(info.workflow_id, state, final=msg["ticks"])
-                        self._event(inp.job_id, "run_finished", ticks=msg["ticks"],
-                                    result_hash=msg["result_hash"],
-                                    resumed_from_ticks=msg["resumed_from_ticks"])
-                        await runner.wait()
-                        return t.RunOutput(msg["staging_prefix"], msg["result_hash"],
-                                           msg["metrics"], msg["ticks"], msg["resumed_from_ticks"])
-                    elif kind == "error":
-                        await runner.wait()
-                        self._fail(inp.job_id, msg, runner)
-                if runner.finished():
+                try:
+                    msg = await asyncio.wait_for(runner.messages.get(), HEARTBEAT_EVERY_S)
+                except TimeoutError:
+                    msg = {"type": "tick"}
+                now = time.monotonic()
+                if msg is None:  # channel closed: the runner has exited
                     code = await runner.wait()
                     if stopping:
+                        if upload is not None:
+                            await asyncio.gather(upload, return_exceptions=True)
+                            self._took(upload, state)
+                            upload = None
+                        if pending is not None:
+                            final = asyncio.ensure_future(
+                                self._store_checkpoint(inp, identity, runner, pending))
+                            await asyncio.gather(final, return_exceptions=True)
+                            self._took(final, state)
                         activity.heartbeat(dict(state))
+                        self._event(inp.job_id, "run_stopped", ticks_done=state["ticks_done"],
+                                    checkpoint_key=state["checkpoint_key"])
                         raise ApplicationError(
                             f"worker shutting down; checkpoint at {state['ticks_done']} ticks",
                             dict(state), type=t.WORKER_SHUTDOWN)
                     raise ApplicationError(
-                        f"runner exited with code {code} without a result; "
-                        f"stderr: {runner.stderr_tail()}", type="RunnerDied")
+                        f"runner exited with code {code} without a result; its output: "
+                        f"{runner.output()['stderr'][-2000:] or '(none)'}", dict(state),
+                        type="RunnerDied")
+                kind = msg["type"]
+                if kind == "progress":
+                    pos = (msg.get("ticks_done"), msg.get("sim_ts"), msg.get("phase"))
+                    if pos != last_pos:
+                        last_pos, last_move = pos, now
+                    state.update(progress=int(msg.get("ticks_done") or 0),
+                                 sim_ts=int(msg.get("sim_ts") or 0),
+                                 at={"tick": msg.get("ticks_done"), "ts": msg.get("sim_ts"),
+                                     "symbol": msg.get("symbol"), "phase": msg.get("phase")})
+                elif kind == "checkpoint":
+                    last_move = now
+                    if pending is not None:  # superseded before it was uploaded
+                        (runner.workdir / f"ckpt-{pending:013d}.bin").unlink(missing_ok=True)
+                    pending = int(msg["ticks_done"])
+                elif kind == "started":
+                    # The host pid of the runner's process group (inside a sandbox, the
+                    # runner's own pid is that of its pid namespace).
+                    self._event(inp.job_id, "runner_started", pid=runner.proc.pid,
+                                resumed_from=msg.get("resumed_from"))
+                elif kind == "warning":
+                    state.update(checkpoint_key=None, ticks_done=0)
+                    self._event(inp.job_id, "checkpoint_discarded", message=msg.get("message"))
+                elif kind == "stopped":
+                    pass  # reported once its final checkpoint is stored (below)
+                elif kind == "done":
+                    return await self._finish(inp, runner, msg, state)
+                elif kind == "error":
+                    await runner.wait()
+                    self._fail(inp.job_id, msg, runner)
+
+                if upload is not None and (upload.done() or stopping):
+                    await asyncio.gather(upload, return_exceptions=True)
+                    self._took(upload, state)
+                    upload = None
+                if pending is not None and upload is None and not stopping:
+                    upload = asyncio.ensure_future(
+                        self._store_checkpoint(inp, identity, runner, pending))
+                    pending = None
                 if shutdown.done() and not stopping:
                     stopping = True
-                    activity.logger.info("worker shutdown: asking runner of %s for a final "
+                    activity.logger.info("worker shutdown: asking the runner of %s for a final "
                                          "checkpoint", inp.job_id)
-                    runner.request_stop()
-                if time.monotonic() - last_progress > inp.options.stall_timeout_s:
+                    await runner.send("stop")
+                if now - last_move > inp.options.stall_timeout_s:
                     runner.kill()
                     await runner.wait()
+                    at = state.get("at") or {}
                     self._fail(inp.job_id, {
                         "kind": t.STRATEGY_TIMEOUT, "retryable": False,
                         "message": f"no progress for {inp.options.stall_timeout_s:.0f} s "
-                                   f"(strategy stuck in a loop?) at tick {state['progress']}",
+                                   f"(strategy stuck in a loop?) at tick {at.get('tick', 0)} "
+                                   f"(ts={at.get('ts')}, symbol={at.get('symbol')}, "
+                                   f"in {at.get('phase', 'start-up')})",
                         "traceback": ""}, runner)
                 activity.heartbeat(dict(state))
-                if time.monotonic() - last_signal >= SIGNAL_EVERY_S:
-                    last_signal = time.monotonic()
+                if now - last_signal >= SIGNAL_EVERY_S:
+                    last_signal = now
                     await self._signal_progress(info.workflow_id, state)
-                await runner.next_message(HEARTBEAT_EVERY_S)
-        except asyncio.CancelledError:
-            runner.kill()
-            await runner.wait()
-            self._event(inp.job_id, "run_cancelled", ticks_done=state["progress"])
-            raise
         finally:
             shutdown.cancel()
-            runner.kill()
+            if upload is not None:
+                upload.cancel()
 
-    def _fail(self, job_id: str, msg: dict[str, Any], runner: _Runner) -> None:
-        """Record the failure (with traceback) in the job's logs and raise it, classified."""
-        err = {"kind": msg["kind"], "message": msg["message"], "traceback": msg.get("traceback"),
-               "stderr": runner.stderr_tail(), "node": self.node}
+    async def _store_checkpoint(self, inp: t.RunInput, identity: dict[str, Any], runner: Any,
+                                ticks: int) -> tuple[str, int]:
+        """Seal the runner's checkpoint file with the run's identity and upload it.
+
+        The file name is ours (``ckpt-<ticks>.bin`` in the runner's own directory) and opened
+        without following symlinks: the runner cannot make us read anything else.
+        """
+        from tickreplay.integrity import seal_checkpoint
+
+        path = runner.workdir / f"ckpt-{ticks:013d}.bin"
+
+        def work() -> tuple[str, int]:
+            sealed = seal_checkpoint(_read_regular(path), identity, ticks, self.key)
+            key = (f"checkpoints/{inp.job_id}/{ticks:013d}-"
+                   f"{hashlib.sha256(sealed).hexdigest()[:16]}.ckpt")
+            self._artifacts().put_bytes(key, sealed)  # durable before anyone is told about it
+            path.unlink(missing_ok=True)
+            return key, ticks
+
+        return await asyncio.to_thread(work)
+
+    @staticmethod
+    def _took(upload: asyncio.Future[tuple[str, int]], state: dict[str, Any]) -> None:
+        """Point the heartbeat at an uploaded checkpoint (a failed upload changes nothing)."""
         try:
-            self._artifacts().put_bytes(f"jobs/{job_id}/error.json",
-                                        json.dumps(err, indent=2).encode())
-        except Exception:  # noqa: BLE001 - the error still reaches the workflow
-            activity.logger.warning("could not store the error of %s", job_id)
+            key, ticks = upload.result()
+        except Exception as e:  # noqa: BLE001 - storage down: the next checkpoint tries again
+            activity.logger.warning("checkpoint upload failed: %s", e)
+            return
+        state.update(checkpoint_key=key, ticks_done=ticks)
+        activity.heartbeat(dict(state))
+
+    async def _finish(self, inp: t.RunInput, runner: Any, msg: dict[str, Any],
+                      state: dict[str, Any]) -> t.RunOutput:
+        """Check the runner's result, sign it, stage it; the run's output is its staged key."""
+        code = await runner.wait()
+        out = runner.output()
+        if out["stdout"].strip() or out["stderr"].strip():
+            self._event(inp.job_id, "runner_output", **out)
+        prefix = await self._while_beating(
+            asyncio.to_thread(self._stage_result, inp, runner.workdir / "result",
+                              str(msg.get("result_hash"))), state)
+        await self._signal_progress(activity.info().workflow_id, state, final=int(msg["ticks"]))
+        self._event(inp.job_id, "run_finished", ticks=msg["ticks"], exit_code=code,
+                    result_hash=msg["result_hash"], resumed_from_ticks=msg["resumed_from_ticks"])
+        return t.RunOutput(prefix, str(msg["result_hash"]), msg["metrics"], int(msg["ticks"]),
+                           int(msg["resumed_from_ticks"]))
+
+    def _stage_result(self, inp: t.RunInput, out: Path, claimed_hash: str) -> str:
+        """Verify the result directory the runner wrote, sign it and upload it to staging."""
+        from tickreplay.engine.core import ENGINE_VERSION
+        from tickreplay.results import ResultsError, sign_results, verify_results
+        from tickreplay.results.files import MANIFEST
+
+        try:
+            if out.is_symlink() or not out.is_dir():
+                raise ResultsError("the runner left no result directory")
+            for f in out.iterdir():
+                if f.is_symlink() or not f.is_file():
+                    raise ResultsError(f"{f.name} in the result is not a regular file")
+            manifest = verify_results(out)
+            inputs = manifest.get("inputs", {})
+            expect = {"strategy_digest": inp.strategy.digest,
+                      "data_fingerprint": inp.plan.fingerprint, "engine_version": ENGINE_VERSION}
+            wrong = {k: inputs.get(k) for k, v in expect.items() if inputs.get(k) != v}
+            if wrong or manifest["result_hash"] != claimed_hash:
+                raise ResultsError(f"result inputs do not match the run: {wrong or 'result hash'}")
+            signed = sign_results(out, self.key)
+        except ResultsError as e:
+            raise ApplicationError(f"result refused: {e}", type=t.RESULT_ERROR,
+                                   non_retryable=True) from None
+        artifacts = self._artifacts()
+        prefix = f"staging/{inp.job_id}/{signed['result_hash']}/{os.urandom(6).hex()}"
+
+        def upload() -> None:
+            for name in sorted(signed["files"]):
+                artifacts.put_file(f"{prefix}/{name}", out / name)
+            artifacts.put_file(f"{prefix}/{MANIFEST}", out / MANIFEST)  # last: the commit
+
+        self._retry(upload, "stage results")
+        return prefix
+
+    def _fail(self, job_id: str, msg: dict[str, Any], runner: Any) -> None:
+        """Record the failure (with traceback and output) in the job's logs and raise it."""
+        out = runner.output()
+        err = {"kind": msg["kind"], "message": msg["message"], "traceback": msg.get("traceback"),
+               "stderr": out["stderr"][-4000:], "stdout": out["stdout"][-4000:],
+               "node": self.node}
         self._event(job_id, "run_failed", error_type=msg["kind"], message=msg["message"])
+
+        def write() -> None:
+            try:
+                self._artifacts().put_bytes(f"jobs/{job_id}/error.json",
+                                            json.dumps(err, indent=2).encode())
+            except Exception:  # noqa: BLE001 - the error still reaches the workflow
+                activity.logger.warning("could not store the error of %s", job_id)
+
+        self._events.submit(write)
         raise ApplicationError(msg["message"], {"traceback": msg.get("traceback")},
                                type=msg["kind"], non_retryable=not msg.get("retryable", False))
 
@@ -281,129 +578,8 @@ class BacktestActivities:
         """Tell the workflow how far we are (so its status query can answer without I/O)."""
         try:
             handle = activity.client().get_workflow_handle(workflow_id)
-            await handle.signal("progress", t.Progress(
+            await asyncio.wait_for(handle.signal("progress", t.Progress(
                 final if final is not None else state["progress"], state["ticks_total"],
-                state["sim_ts"]))
+                state["sim_ts"])), 5.0)
         except Exception:  # noqa: BLE001 - progress is best effort; the run goes on
             activity.logger.debug("progress signal failed", exc_info=True)
-
-
-class RunnerPool:
-    """Keeps one runner process spawned ahead of need (imports done, waiting for its job)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._spare: asyncio.Task[tuple[asyncio.subprocess.Process, Any]] | None = None
-
-    async def _spawn(self) -> tuple[asyncio.subprocess.Process, Any]:
-        from tickreplay.runner.child import die_with_parent
-
-        stderr = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the _Runner using it
-        env = {**os.environ, **self.settings.to_env()}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tickreplay.runner.child", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=stderr, env=env,
-            preexec_fn=die_with_parent, start_new_session=True, limit=2**24)
-        return proc, stderr
-
-    async def acquire(self) -> tuple[asyncio.subprocess.Process, Any]:
-        """A live, idle runner process; a replacement starts spawning at once."""
-        proc, stderr = None, None
-        spare, self._spare = self._spare, None  # taken before awaiting: never handed out twice
-        if spare is not None:
-            try:
-                proc, stderr = await spare
-            except OSError:
-                proc = None
-            if proc is not None and proc.returncode is not None:
-                proc = None
-        if proc is None:
-            proc, stderr = await self._spawn()
-        self._spare = asyncio.ensure_future(self._spawn())
-        return proc, stderr
-
-    async def close(self) -> None:
-        """Let the spare runner exit (EOF on its stdin)."""
-        if self._spare is not None:
-            try:
-                proc, stderr = await self._spare
-            except OSError:
-                return
-            if proc.stdin is not None:
-                proc.stdin.close()
-            await proc.wait()
-            stderr.close()
-            self._spare = None
-
-
-class _Runner:
-    """The child process running the engine, and its message pipe."""
-
-    def __init__(self, pool: RunnerPool, job: dict[str, Any]) -> None:
-        self.pool = pool
-        self.job = job
-        self.proc: asyncio.subprocess.Process | None = None
-        self.messages: list[dict[str, Any]] = []
-        self._event = asyncio.Event()
-        self._stderr: Any = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self.proc, self._stderr = await self.pool.acquire()
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(self.job).encode() + b"\n")
-        await self.proc.stdin.drain()
-        self._reader = asyncio.ensure_future(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        async for line in self.proc.stdout:
-            try:
-                self.messages.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # stray print from user code
-            self._event.set()
-        self._event.set()
-
-    def drain(self) -> list[dict[str, Any]]:
-        out, self.messages = self.messages, []
-        self._event.clear()
-        return out
-
-    async def next_message(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            pass
-
-    def finished(self) -> bool:
-        return self._reader is not None and self._reader.done() and not self.messages
-
-    def request_stop(self) -> None:
-        if self.proc is not None and self.proc.stdin is not None:
-            try:
-                self.proc.stdin.write(b"stop\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        code = await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-        return code
-
-    def stderr_tail(self, n: int = 4000) -> str:
-        if self._stderr is None:
-            return ""
-        self._stderr.seek(0, os.SEEK_END)
-        size = self._stderr.tell()
-        self._stderr.seek(max(0, size - n))
-        return self._stderr.read().decode(errors="replace")

@@ -19,9 +19,10 @@ import fcntl
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,6 +80,33 @@ class PartitionCache:
             self._touch(dest)
         self._evict(keep=dest)
         return dest
+
+    def health_problem(self, need_bytes: int = 0) -> str | None:
+        """Why this cache cannot serve a plan of ``need_bytes`` now, or ``None`` if it can.
+
+        A node whose cache is read-only or full must say so before it takes a run, so the run
+        goes to another node instead of failing there mid-download.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".health-", dir=self.root)
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError as e:
+            return f"cache dir {self.root} is not writable ({e.strerror or e})"
+        free = shutil.disk_usage(self.root).free
+        if need_bytes > free:
+            return (f"cache dir {self.root} has {free / 1e6:.1f} MB free, the plan needs "
+                    f"{need_bytes / 1e6:.1f} MB more")
+        return None
+
+    def missing_bytes(self, partitions: Iterable[Partition]) -> int:
+        """Bytes of ``partitions`` not in the cache yet (what a fetch would download)."""
+        return sum(p.size for p in partitions if not self.path_for(p.sha256).exists())
 
     def stats(self) -> dict[str, int]:
         """This process's hits, misses and bytes downloaded (for logs and tests)."""

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from tickreplay.data.catalog import DataPlan, Partition
 from tickreplay.data.errors import CorruptDataError, DataError
-from tickreplay.data.schema import TICK_FIELDS, schema_for
+from tickreplay.data.schema import REQUIRED_COLUMNS, TICK_FIELDS, schema_for
 
 # Columns every output batch carries whatever the strategy asks for; naming them is harmless.
 _IMPLICIT = frozenset({"ts", "sym", "symbol"})
@@ -51,6 +51,32 @@ def open_partition(path: Path, key: str | None = None) -> pq.ParquetFile:
         raise DataError(f"partition {name} not found at {path}") from e
     except (pa.ArrowException, OSError) as e:
         raise CorruptDataError(f"corrupt partition {name}: {e}") from e
+
+
+def check_partition(path: Path, key: str) -> int:
+    """Open a partition, check the required columns and their types; return its row count.
+
+    Run on every partition before a simulation starts, so a damaged file (0 bytes, a damaged
+    footer, a wrong schema) fails the job at once, naming the partition and what is wrong,
+    instead of surfacing mid-run as an anonymous Arrow error that looks worth retrying.
+
+    Raises:
+        CorruptDataError: Unreadable file, or a required column missing or of the wrong type.
+    """
+    if Path(path).stat().st_size == 0:
+        raise CorruptDataError(f"corrupt partition {key}: the file is empty (0 bytes)")
+    pf = open_partition(path, key)
+    schema = pf.schema_arrow
+    for name in REQUIRED_COLUMNS:
+        if name not in schema.names:
+            raise CorruptDataError(f"partition {key} has a wrong schema: no column {name!r} "
+                                   f"(it has {schema.names})")
+        typ = schema.field(name).type
+        numeric = pa.types.is_integer(typ) or pa.types.is_floating(typ)
+        if typ != TICK_FIELDS[name] and not (name != "ts" and numeric):
+            raise CorruptDataError(f"partition {key} has a wrong schema: column {name!r} is "
+                                   f"{schema.field(name).type}, expected {TICK_FIELDS[name]}")
+    return int(pf.metadata.num_rows)
 
 
 def output_schema(columns: Sequence[str]) -> pa.Schema:

@@ -10,6 +10,7 @@ from tickreplay.results.files import (
     load_results,
     publish_results,
     read_manifest,
+    sign_results,
     verify_results,
     write_results,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "publish_results",
     "read_manifest",
     "result_hash",
+    "sign_results",
     "verify_results",
     "write_results",
 ]

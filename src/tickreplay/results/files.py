@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS
 from tickreplay.data.store import ObjectExistsError, ObjectStore, sha256_file
+from tickreplay.integrity import IntegrityError, check_manifest_signature, sign_manifest
 from tickreplay.results.canonical import canonical_json, result_hash
 from tickreplay.results.model import ResultSet
 
@@ -126,21 +127,34 @@ def load_results(out_dir: Path) -> ResultSet:
     )
 
 
-def verify_results(out_dir: Path, *, recompute_hash: bool = True) -> dict[str, Any]:
+def verify_results(out_dir: Path, *, recompute_hash: bool = True,
+                   key: bytes | None = None) -> dict[str, Any]:
     """Check a result directory against its manifest and return the manifest.
+
+    The directory must hold exactly the manifest and the files it lists: an extra file (say
+    one a strategy dropped into another job's result prefix) makes the result unverifiable.
 
     Args:
         out_dir: The result directory.
         recompute_hash: Also read the files back and recompute the result hash, which catches a
             manifest edited to match tampered files, not just bit rot.
+        key: The platform's signing key. When given, the manifest must carry a valid signature
+            made with it ("verified" then means "produced by this platform").
 
     Raises:
-        ResultsError: Missing manifest, missing file, or any size/sha256/result-hash mismatch
-            (all mismatching files are named).
+        ResultsError: Missing manifest, missing or unlisted file, a bad or missing signature,
+            or any size/sha256/result-hash mismatch (all mismatching files are named).
     """
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
-    problems = []
+    if key is not None:
+        try:
+            check_manifest_signature(manifest, key)
+        except IntegrityError as e:
+            raise ResultsError(f"{out_dir}: {e}") from None
+    listed = set(manifest["files"]) | {MANIFEST}
+    problems = [f"{p.name}: not listed in the manifest" for p in sorted(out_dir.iterdir())
+                if p.name not in listed]
     for name, expected in sorted(manifest["files"].items()):
         path = out_dir / name
         if not path.is_file():
@@ -166,7 +180,16 @@ def verify_results(out_dir: Path, *, recompute_hash: bool = True) -> dict[str, A
     return manifest
 
 
-def publish_results(out_dir: Path, store: ObjectStore, prefix: str) -> dict[str, Any]:
+def sign_results(out_dir: Path, key: bytes) -> dict[str, Any]:
+    """Sign the manifest of a verified result directory in place; returns the signed manifest."""
+    out_dir = Path(out_dir)
+    signed = sign_manifest(verify_results(out_dir), key)
+    _atomic(out_dir / MANIFEST, lambda p: p.write_bytes(_pretty_json(signed)))
+    return signed
+
+
+def publish_results(out_dir: Path, store: ObjectStore, prefix: str,
+                    key: bytes | None = None) -> dict[str, Any]:
     """Upload a verified result directory under ``prefix``; the manifest goes last.
 
     Safe to repeat and safe against a second publisher: no object under the prefix is ever
@@ -178,6 +201,7 @@ def publish_results(out_dir: Path, store: ObjectStore, prefix: str) -> dict[str,
         out_dir: A result directory written by :func:`write_results`.
         store: Destination object store.
         prefix: Key prefix of the result (``results/{job_id}``).
+        key: If given, the manifest must be signed with it (checked before any upload).
 
     Returns:
         The manifest now at ``prefix/manifest.json``.
@@ -187,7 +211,7 @@ def publish_results(out_dir: Path, store: ObjectStore, prefix: str) -> dict[str,
         ResultConflictError: The prefix holds a different result, or files that are not ours.
     """
     out_dir = Path(out_dir)
-    manifest = verify_results(out_dir)
+    manifest = verify_results(out_dir, key=key)
     base = prefix.strip("/")
     key = (lambda name: f"{base}/{name}") if base else (lambda name: name)
 

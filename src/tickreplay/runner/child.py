@@ -1,31 +1,41 @@
-"""The runner: one backtest in its own process, driven by ``run_backtest`` over pipes.
+"""The runner: one backtest in its own process, driven by ``run_backtest`` over a private channel.
 
 Why a child process: the engine is CPU-bound Python; in the worker process it would starve the
 event loop that heartbeats and polls Temporal (the GIL). A child also gives a hard kill switch
 (cancel, stall) and contains crashes and memory blow-ups to one job.
 
-Protocol: the parent writes one JSON line (the job) to stdin and keeps stdin open; writing
-``stop`` asks for a final checkpoint and exit; EOF means the parent died, and the child exits
-at once. The child writes JSON lines to stdout: ``progress``, ``checkpoint`` (only after the
-checkpoint object is durably stored), and finally ``done`` or ``error``.
+Why no I/O to the object store here: this process runs the user's strategy code, so it holds
+neither storage credentials nor the platform's signing key. The worker fetches the strategy,
+the plan and the partitions (into the node cache) and verifies any checkpoint before the run;
+the runner reads local files only and writes checkpoints and the result into its own work
+directory, and the worker seals, uploads and heartbeats them.
+
+Protocol: a socket inherited as ``--fd N`` (never stdout: the strategy's prints go to stdout
+and stderr, which the worker keeps, size-bounded, as the job's runner output). The worker sends
+one JSON line (the job), later possibly ``stop`` (final checkpoint, then exit); EOF means the
+worker died and the runner exits at once. The runner sends JSON lines: ``started``,
+``progress`` (about every second, from a thread, with the tick the strategy is really at),
+``checkpoint`` (a file in the work directory), ``warning``, ``stopped``, and finally ``done``
+or ``error``.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
-import hashlib
 import json
 import os
 import resource
 import signal
+import socket
 import sys
-import tempfile
 import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_ERROR, EXIT_STOPPED = 0, 3, 4
+PROGRESS_EVERY_S = 1.0
 
 
 class ResultBuildError(Exception):
@@ -40,24 +50,40 @@ def die_with_parent() -> None:
         pass
 
 
-class _Out:
-    """Line-buffered JSON messages to the parent, safe from several threads."""
+class Channel:
+    """JSON lines over the inherited socket, safe to send from several threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(fileno=fd)
         self._lock = threading.Lock()
+        self._reader = self.sock.makefile("rb")
 
     def send(self, msg_type: str, /, **fields: Any) -> None:
-        line = json.dumps({"type": msg_type, **fields}, default=str)
+        line = json.dumps({"type": msg_type, **fields}, default=str).encode() + b"\n"
         with self._lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            self.sock.sendall(line)
+
+    def readline(self) -> bytes:
+        return self._reader.readline()
 
 
-def _watch_stdin(stop: threading.Event) -> None:
-    for line in sys.stdin:
-        if line.strip() == "stop":
+def _watch(chan: Channel, stop: threading.Event) -> None:
+    """Turn ``stop`` lines into the stop flag; EOF means the worker is gone: exit now."""
+    while True:
+        line = chan.readline()
+        if not line:
+            os._exit(EXIT_STOPPED if stop.is_set() else 137)
+        if line.strip() == b"stop":
             stop.set()
-    os._exit(EXIT_STOPPED if stop.is_set() else 137)  # parent gone: nothing left to report to
+
+
+def _report_progress(chan: Channel, probe: Any, done: threading.Event) -> None:
+    """Every second, where the run is; independent of how slow the strategy is per tick."""
+    while not done.wait(PROGRESS_EVERY_S):
+        try:
+            chan.send("progress", **probe.position())
+        except OSError:
+            return
 
 
 def _classify(e: BaseException) -> tuple[str, bool]:
@@ -68,132 +94,133 @@ def _classify(e: BaseException) -> tuple[str, bool]:
     from tickreplay.strategy.api import StrategyError
     from tickreplay.workflows import types as t
 
-    if isinstance(e, StrategyError | MemoryError | RecursionError):
-        return t.STRATEGY_ERROR, False
-    if isinstance(e, SpecError):
-        return t.SPEC_ERROR, False
-    if isinstance(e, DataError):
-        return t.DATA_ERROR, False
-    if isinstance(e, CheckpointError):
-        return t.CHECKPOINT_ERROR, False
-    if isinstance(e, ResultBuildError):
-        return t.RESULT_ERROR, False
+    kinds: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+        ((StrategyError, MemoryError, RecursionError), t.STRATEGY_ERROR),
+        (SpecError, t.SPEC_ERROR),
+        (DataError, t.DATA_ERROR),
+        (CheckpointError, t.CHECKPOINT_ERROR),
+        (ResultBuildError, t.RESULT_ERROR),
+    ]
+    for types_, kind in kinds:
+        if isinstance(e, types_):
+            return kind, False
     return "RunnerError", True
 
 
-def run(job: dict[str, Any], out: _Out, stop: threading.Event) -> int:
-    """Execute one job description; returns the exit code."""
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
+    """Execute one job description (local files only); returns the exit code."""
     from tickreplay.backtest import (
+        RunProbe,
         StopRequested,
         inputs_of,
         simulate,
         to_resultset,
         validated_params,
     )
-    from tickreplay.data.cache import PartitionCache
     from tickreplay.data.catalog import DataPlan
-    from tickreplay.data.store import open_store
     from tickreplay.results import write_results
-    from tickreplay.settings import Settings
     from tickreplay.spec import BacktestSpec
     from tickreplay.strategy.loader import StrategyBundle
 
-    settings = Settings.load()
-    artifacts = open_store(f"s3://{settings.artifacts_bucket}", settings)
-    job_id = job["job_id"]
-    bundle = StrategyBundle.from_bytes(artifacts.get_bytes(job["strategy_key"]))
+    workdir = Path(job["workdir"])
+    bundle = StrategyBundle.from_bytes(job["bundle"].encode())
     if bundle.digest != job["strategy_digest"]:
         raise RuntimeError(f"strategy bundle digest {bundle.digest} != {job['strategy_digest']}")
-    plan = DataPlan.from_dict(json.loads(artifacts.get_bytes(job["plan_key"])))
+    plan = DataPlan.from_dict(job["plan"])
     spec = BacktestSpec.model_validate(job["spec"])
     params = validated_params(bundle, spec.params)
-    data = open_store(plan.url, settings)
-    cache = PartitionCache(settings.resolved_cache_dir(), settings.cache_max_bytes)
-    resume = job.get("resume") or {}
-    blob = artifacts.get_bytes(resume["checkpoint_key"]) if resume.get("checkpoint_key") else None
+    paths = {k: Path(v) for k, v in job["paths"].items()}
+    resumed_from = int(job.get("resumed_from") or 0)
+    blob = Path(job["checkpoint_file"]).read_bytes() if job.get("checkpoint_file") else None
 
-    def on_checkpoint(data_bytes: bytes, ticks: int) -> None:
-        key = (f"checkpoints/{job_id}/{ticks:013d}-"
-               f"{hashlib.sha256(data_bytes).hexdigest()[:16]}.ckpt")
-        artifacts.put_bytes(key, data_bytes)  # durable before anyone is told about it
-        out.send("checkpoint", key=key, ticks_done=ticks)
-
-    def on_progress(p: Any) -> None:
-        out.send("progress", ticks_done=p.ticks_done, ticks_total=p.ticks_total, sim_ts=p.sim_ts)
+    def on_checkpoint(data: bytes, ticks: int) -> None:
+        path = workdir / f"ckpt-{ticks:013d}.bin"
+        _atomic_write(path, data)
+        chan.send("checkpoint", path=str(path), ticks_done=ticks)
 
     if blob is not None:
         from tickreplay.engine.core import CheckpointError, Engine
         from tickreplay.strategy.loader import load_strategy
 
-        try:  # a checkpoint from another engine version or damaged in storage: start over
+        try:  # a checkpoint from another engine version: start over
             Engine.restore(blob, load_strategy(bundle, params)[0])
         except CheckpointError as e:
-            out.send("warning", message=f"checkpoint {resume['checkpoint_key']} unusable ({e}); "
-                                        "starting from the first tick")
-            blob, resume = None, {}
-    out.send("started", resumed_from=resume.get("ticks_done", 0), pid=os.getpid())
+            chan.send("warning", message=f"checkpoint unusable ({e}); starting from the first tick")
+            blob, resumed_from = None, 0
+    chan.send("started", resumed_from=resumed_from, pid=os.getpid())
+    probe = RunProbe()
+    finished = threading.Event()
+    threading.Thread(target=_report_progress, args=(chan, probe, finished), daemon=True).start()
     try:
-        result = simulate(bundle, params, plan, spec.config, lambda p: cache.fetch(data, p),
+        result = simulate(bundle, params, plan, spec.config, lambda p: paths[p.key],
                           ticks_total=int(job.get("ticks_total", 0)), checkpoint=blob,
-                          on_progress=on_progress, on_checkpoint=on_checkpoint,
+                          on_checkpoint=on_checkpoint,
                           checkpoint_every_s=float(job["checkpoint_every_s"]),
-                          should_stop=stop.is_set)
+                          should_stop=stop.is_set, probe=probe)
     except StopRequested as e:
-        out.send("stopped", message=str(e))
+        finished.set()
+        chan.send("stopped", message=str(e))
         return EXIT_STOPPED
-    with tempfile.TemporaryDirectory(prefix="tickreplay-result-") as tmp:
-        try:
-            rs = to_resultset(result, inputs_of(bundle, spec, plan, params), spec.config,
-                              {"host": os.uname().nodename,
-                               "resumed_from_ticks": resume.get("ticks_done", 0)})
-            manifest = write_results(rs, Path(tmp))
-        except (TypeError, ValueError) as e:
-            raise ResultBuildError(f"cannot write the results: {e}") from e
-        prefix = f"staging/{job_id}/{manifest['result_hash']}/{os.urandom(6).hex()}"
-        for f in sorted(Path(tmp).iterdir()):
-            if f.name != "manifest.json":
-                artifacts.put_file(f"{prefix}/{f.name}", f)
-        artifacts.put_file(f"{prefix}/manifest.json", Path(tmp) / "manifest.json")
-    out.send("done", staging_prefix=prefix, result_hash=manifest["result_hash"],
-             metrics=rs.metrics, ticks=result.ticks, resumed_from_ticks=resume.get("ticks_done", 0))
+    probe.phase = "writing results"
+    out = workdir / "result"
+    try:
+        rs = to_resultset(result, inputs_of(bundle, spec, plan, params), spec.config,
+                          {"host": os.uname().nodename, "resumed_from_ticks": resumed_from})
+        manifest = write_results(rs, out)
+    except (TypeError, ValueError) as e:
+        raise ResultBuildError(f"cannot write the results: {e}") from e
+    finished.set()
+    chan.send("done", result_dir=str(out), result_hash=manifest["result_hash"],
+              metrics=rs.metrics, ticks=result.ticks, resumed_from_ticks=resumed_from)
     return EXIT_OK
 
 
 def preload() -> None:
     """Import everything a run needs BEFORE the job arrives.
 
-    Workers keep one runner process spawned ahead of need; with the imports (pyarrow, pandas,
-    boto3: ~0.6 s) already done, a job starts in milliseconds.
+    Workers keep one runner process spawned ahead of need; with the imports (pyarrow, pandas:
+    ~0.5 s) already done, a job starts in milliseconds.
     """
-    import boto3  # noqa: F401
-
     import tickreplay.backtest
-    import tickreplay.data.cache
     import tickreplay.results
     import tickreplay.spec  # noqa: F401
 
 
 def main() -> None:
-    """Read the job from stdin, run it, report on stdout; exit code says how it ended."""
+    """Read the job from the channel, run it, report on the channel; exit code says how it ended."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fd", type=int, required=True)
+    chan = Channel(ap.parse_args().fd)
     preload()
-    line = sys.stdin.readline()
+    line = chan.readline()
     if not line:  # the worker shut down before giving this spare runner a job
         os._exit(0)
     job = json.loads(line)
     mem_mb = int(job.get("memory_mb") or 0)
     if mem_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (mem_mb * 1024 * 1024, mem_mb * 1024 * 1024))
-    out = _Out()
     stop = threading.Event()
-    threading.Thread(target=_watch_stdin, args=(stop,), daemon=True).start()
+    threading.Thread(target=_watch, args=(chan, stop), daemon=True).start()
     try:
-        code = run(job, out, stop)
+        code = run(job, chan, stop)
     except BaseException as e:  # noqa: BLE001 - report all; the parent classifies
         kind, retryable = _classify(e)
-        out.send("error", kind=kind, retryable=retryable, message=f"{type(e).__name__}: {e}",
-                 traceback="".join(traceback.format_exception(e)))
+        # Our own errors are named by ``kind``; only a foreign exception needs its type name.
+        msg = f"{type(e).__name__}: {e}" if kind == "RunnerError" else str(e)
+        try:
+            chan.send("error", kind=kind, retryable=retryable, message=msg,
+                      traceback="".join(traceback.format_exception(e)))
+        except OSError:
+            pass
         code = EXIT_ERROR
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(code)
 
 

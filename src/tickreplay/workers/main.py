@@ -47,6 +47,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
                                     acts.publish_results],
                         activity_executor=pool, graceful_shutdown_timeout=grace,
                         max_concurrent_activities=8,
+                        # Every activity's heartbeat timeout is 10 s: send within 2 s.
+                        max_heartbeat_throttle_interval=timedelta(seconds=2),
+                        default_heartbeat_throttle_interval=timedelta(seconds=2),
                         # A dead worker's sticky queue holds its workflows' next task until
                         # this expires (default 10 s), delaying every re-placement by as much.
                         sticky_queue_schedule_to_start_timeout=timedelta(seconds=2))
@@ -65,6 +68,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
             log.info("worker %s shutting down (grace %s)", node, grace)
         if acts.pool is not None:
             await acts.pool.close()
+        acts.flush_events()
 
 
 def main() -> None:

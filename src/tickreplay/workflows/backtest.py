@@ -25,7 +25,10 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from tickreplay.workflows.types import (
+        NO_NODE,
+        NODE_UNHEALTHY,
         NON_RETRYABLE,
+        WORKER_SHUTDOWN,
         JobInput,
         JobResult,
         PlanInput,
@@ -43,15 +46,20 @@ with workflow.unsafe.imports_passed_through():
         WarmResult,
     )
 
-# Storage hiccups are retried with backoff; errors of the inputs themselves are not.
+# Storage hiccups are retried with capped backoff, by TIME (schedule-to-close), not by a count
+# that an outage burns in seconds; errors of the inputs themselves are not retried.
 STORAGE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                            maximum_interval=timedelta(seconds=30), maximum_attempts=10,
+                            maximum_interval=timedelta(seconds=30), maximum_attempts=0,
                             non_retryable_error_types=NON_RETRYABLE)
-# Bounded so that a runner crashing the same way every time cannot loop forever; a lost node
-# does not burn these attempts (the workflow re-places the run as a new activity).
-RUN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                        maximum_interval=timedelta(seconds=10), maximum_attempts=25,
-                        non_retryable_error_types=NON_RETRYABLE)
+STORAGE_BUDGET = timedelta(hours=2)
+# Every activity heartbeats about once a second: a lost worker is noticed within this.
+ACTIVITY_HEARTBEAT = timedelta(seconds=10)
+# A run is attempted once per placement: the workflow itself decides what a failure means
+# (a lost node is re-placed at once on another node, from the last checkpoint; a retryable
+# error backs off by time). Server-side retries would go back to the dead node's own queue.
+RUN_RETRY = RetryPolicy(maximum_attempts=1)
+# While only unhealthy nodes answer, how long to look for a healthy one before failing.
+FIND_HEALTHY_NODE = timedelta(seconds=90)
 
 
 def _cause_message(err: BaseException) -> str:
@@ -89,6 +97,10 @@ class BacktestWorkflow:
             self._error = _cause_message(e)
             raise ApplicationError(f"backtest {job.job_id} failed: {self._error}",
                                    non_retryable=True) from e
+        except ApplicationError as e:  # raised by this workflow (no node can run it)
+            self._status = "FAILED"
+            self._error = str(e)
+            raise
 
     async def _run(self, job: JobInput) -> JobResult:
         self._stage = "resolve_strategy"
@@ -117,18 +129,19 @@ class BacktestWorkflow:
                              ) -> RunOutput:
         """Warm a node's cache, run there; if that node vanishes, re-place and resume.
 
-        A dead node's queue is never polled again, so the retry of ``run_backtest`` times out
-        in schedule-to-start; its last heartbeat names the last durable checkpoint.
+        A lost node shows as a heartbeat timeout of the run (or a schedule-to-start timeout if
+        it died before the run began); its last heartbeat names the last durable checkpoint.
+        A worker shutting down hands over its final checkpoint the same way. Other retryable
+        failures back off (capped) until ``retry_budget_s`` passes without progress.
         """
         opts = job.options
         resume: dict[str, Any] | None = None
+        unhealthy: dict[str, str] = {}
+        failing_since: Any = None
+        backoff = 1.0
         while True:
             self._placements += 1
-            self._stage = "warm_cache"
-            node = await workflow.execute_activity(
-                "warm_cache", WarmInput(job.job_id, plan.key), result_type=WarmResult,
-                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(minutes=2),
-                retry_policy=STORAGE_RETRY)
+            node = await self._warm(job, plan, unhealthy)
             self._progress.ticks_total = node.ticks_total
             self._stage = "run_backtest"
             try:
@@ -146,12 +159,50 @@ class BacktestWorkflow:
                 cause = e.cause
                 lost = isinstance(cause, TimeoutError) and cause.type in (
                     TimeoutType.SCHEDULE_TO_START, TimeoutType.HEARTBEAT)
-                if not lost or self._placements >= opts.max_placements:
+                handed_over = isinstance(cause, ApplicationError) and cause.type == WORKER_SHUTDOWN
+                retryable = isinstance(cause, ApplicationError) and not cause.non_retryable
+                if not (lost or retryable) or self._placements >= opts.max_placements:
                     raise
-                details = list(cause.last_heartbeat_details or [])  # type: ignore[union-attr]
+                details = list((cause.last_heartbeat_details if isinstance(cause, TimeoutError)
+                                else cause.details) or [])  # type: ignore[union-attr]
+                ticks_before = int((resume or {}).get("ticks_done", 0))
                 if details and isinstance(details[0], dict) and details[0].get("checkpoint_key"):
                     resume = details[0]
-                workflow.logger.info("node %s lost; re-placing from %s", node.node, resume)
+                if lost or handed_over:
+                    workflow.logger.info("node %s lost; re-placing from %s", node.node, resume)
+                    continue
+                if int((resume or {}).get("ticks_done", 0)) > ticks_before:
+                    failing_since, backoff = None, 1.0
+                failing_since = failing_since or workflow.now()
+                if (workflow.now() - failing_since).total_seconds() > opts.retry_budget_s:
+                    raise
+                workflow.logger.info("run failed (%s); retrying in %.0f s", cause, backoff)
+                await workflow.sleep(timedelta(seconds=backoff))
+                backoff = min(backoff * 2, 30.0)
+
+    async def _warm(self, job: JobInput, plan: PlanRef, unhealthy: dict[str, str]) -> WarmResult:
+        """warm_cache on any healthy node; fails the job if only unhealthy nodes answer."""
+        self._stage = "warm_cache"
+        while True:
+            try:
+                return await workflow.execute_activity(
+                    "warm_cache", WarmInput(job.job_id, plan.key, sorted(unhealthy)),
+                    result_type=WarmResult, start_to_close_timeout=timedelta(hours=2),
+                    heartbeat_timeout=ACTIVITY_HEARTBEAT, retry_policy=STORAGE_RETRY,
+                    schedule_to_close_timeout=FIND_HEALTHY_NODE if unhealthy else STORAGE_BUDGET)
+            except ActivityError as e:
+                cause = e.cause
+                if isinstance(cause, ApplicationError) and cause.type == NODE_UNHEALTHY:
+                    d = (list(cause.details or []) or [{}])[0]
+                    unhealthy[str(d.get("node"))] = str(d.get("reason"))
+                    workflow.logger.warning("%s; placing the run elsewhere", cause.message)
+                    continue
+                if unhealthy:
+                    raise ApplicationError(
+                        "no node can run this job: " + "; ".join(
+                            f"node {n}: {r}" for n, r in sorted(unhealthy.items())),
+                        type=NO_NODE, non_retryable=True) from e
+                raise
 
     @workflow.signal(name="progress")
     def on_progress(self, progress: Progress) -> None:

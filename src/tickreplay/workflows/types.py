@@ -22,6 +22,8 @@ RESULT_ERROR = "ResultError"  # the run's output cannot be written (would fail e
 NON_RETRYABLE = [STRATEGY_ERROR, SPEC_ERROR, DATA_ERROR, EMPTY_PLAN, CHECKPOINT_ERROR,
                  STRATEGY_TIMEOUT, RESULT_CONFLICT, RESULT_ERROR]
 WORKER_SHUTDOWN = "WorkerShutdown"  # retryable: resume elsewhere from the final checkpoint
+NODE_UNHEALTHY = "NodeUnhealthy"  # this node cannot run it (cache read-only/full): place elsewhere
+NO_NODE = "NoNodeCanRun"  # every node tried was unhealthy
 
 
 @dataclass
@@ -29,11 +31,16 @@ class JobOptions:
     """Operational knobs of one job (not part of the result hash)."""
 
     checkpoint_every_s: float = 30.0
-    heartbeat_timeout_s: float = 30.0
+    # A killed worker is noticed within this (runs heartbeat every second): recovery < 20 s.
+    heartbeat_timeout_s: float = 10.0
     schedule_to_start_s: float = 60.0
     max_run_s: float = 7 * 24 * 3600.0
     stall_timeout_s: float = 600.0
     max_placements: int = 50
+    # Failures of a run that are neither a lost node nor the job's own fault (storage gone
+    # for longer than the in-activity outage budget, a runner crash) are retried with
+    # capped backoff for this long without progress before the job fails.
+    retry_budget_s: float = 2 * 3600.0
 
 
 @dataclass
@@ -75,6 +82,7 @@ class PlanRef:
 class WarmInput:
     job_id: str
     plan_key: str
+    avoid_nodes: list[str] = field(default_factory=list)  # found unhealthy for this job
 
 
 @dataclass
