@@ -5,9 +5,17 @@ PY     := $(VENV)/bin/python
 TR     := $(VENV)/bin/tickreplay
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-unit bench demo chaos lint clean
+.PHONY: setup sandbox test test-unit bench demo chaos lint clean
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox
+
+# bubblewrap sandboxes the runner (user code: no network, no key, one writable dir). Installed
+# from Debian's packages when missing and we are root; without it runners run unsandboxed.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1)) \
+	  || echo "warning: bubblewrap not installed; runners will run without a sandbox"; }
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -239,11 +239,13 @@ def register(app: typer.Typer) -> None:
     @app.command("results")
     def results_cmd(job_id: str, out: Annotated[Path, typer.Option(help="Directory")]) -> None:
         """Download a job's published, verified result files."""
+        from tickreplay.integrity import IntegrityError
         from tickreplay.jobs import download_results
+        from tickreplay.results import ResultsError
 
         try:
             manifest = download_results(_stack_settings(), job_id, out)
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError, ResultsError, IntegrityError) as e:
             raise _fail(str(e)) from None
         console.print(f"results:     {out.resolve()}")
         console.print(f"result hash: [bold]{manifest['result_hash']}[/]")

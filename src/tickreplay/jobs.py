@@ -194,17 +194,36 @@ def results_store(settings: Settings) -> Any:
 
 
 def download_results(settings: Settings, job_id: str, out: Path) -> dict[str, Any]:
-    """Copy a published result to ``out`` and verify it (manifest present, hashes match)."""
+    """Copy a published result to ``out``, verified: signed by this platform, exactly the files
+    its manifest lists (anything else under the job's prefix is refused), hashes matching.
+
+    Everything is downloaded into a fresh directory and verified there first, so files already
+    in ``out`` neither mask nor spoil the check, and nothing lands in ``out`` unless verified.
+
+    Raises:
+        FileNotFoundError: No published result for this job.
+        ResultsError: The result does not verify (named files, signature, or hash).
+    """
+    import shutil
+    import tempfile
+
     from tickreplay.results import verify_results
 
     store = results_store(settings)
     objects = store.list(f"{job_id}/")
-    if not any(o.key.endswith("/manifest.json") for o in objects):
+    if not any(o.key == f"{job_id}/manifest.json" for o in objects):
         raise FileNotFoundError(f"job {job_id} has no published result (no manifest)")
+    key = settings.platform_key()
     out.mkdir(parents=True, exist_ok=True)
-    for o in objects:
-        store.download(o.key, out / o.key.rsplit("/", 1)[-1])
-    return verify_results(out)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=out) as tmp:
+        for o in objects:
+            dest = Path(tmp) / o.key.removeprefix(f"{job_id}/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            store.download(o.key, dest)
+        manifest = verify_results(Path(tmp), key=key)
+        for f in Path(tmp).iterdir():
+            shutil.move(f, out / f.name)
+    return manifest
 
 
 def job_logs(settings: Settings, job_id: str) -> dict[str, Any]:

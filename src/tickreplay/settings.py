@@ -46,6 +46,10 @@ class Settings(BaseSettings):
                           "(default: read from, or created in, home/signing.key)")
     outage_budget_s: float = Field(
         3600.0, description="How long a job waits out an object-store or Temporal outage")
+    fault_delay: str | None = Field(
+        None, description="Fault injection for chaos tests only: 'stage=seconds,...' makes "
+                          "that activity (warm_cache, publish_results) pause, heartbeating, "
+                          "so a worker can be killed inside it")
     runner_sandbox: str = Field(
         "auto", description="Runner isolation: 'bwrap' (bubblewrap), 'process' (none), or 'auto' "
                             "(bwrap when installed)")
@@ -92,6 +96,14 @@ class Settings(BaseSettings):
             raise IntegrityError(f"no signing key at {path} (set TICKREPLAY_SIGNING_KEY or "
                                  "TICKREPLAY_HOME to the stack's)")
         return load_or_create_key(path)
+
+    def fault_delay_s(self, stage: str) -> float:
+        """Seconds ``stage`` pauses under ``fault_delay`` (0 without fault injection)."""
+        for item in (self.fault_delay or "").split(","):
+            name, _, seconds = item.partition("=")
+            if name.strip() == stage:
+                return float(seconds)
+        return 0.0
 
     def resolved_cache_dir(self) -> Path:
         """The cache directory, defaulting to ``<home>/cache``."""

@@ -206,6 +206,7 @@ class BacktestActivities:
             raise ApplicationError(f"node {self.node} was found unhealthy for this job; "
                                    "leaving it to another node", type="AvoidNode")
         with pulse():
+            time.sleep(self.settings.fault_delay_s("warm_cache"))
             plan = self._load_plan(inp.plan_key)
             problem = self.cache.health_problem(self.cache.missing_bytes(plan.partitions))
             if problem is not None:
@@ -258,6 +259,7 @@ class BacktestActivities:
                 publish_results(Path(tmp), results, inp.job_id, key=self.key)
 
         with pulse():
+            time.sleep(self.settings.fault_delay_s("publish_results"))
             try:
                 self._retry(work, "publish results")
             except ResultConflictError as e:
