@@ -61,17 +61,22 @@ class RunProbe:
         self.phase = "starting"
 
     def position(self) -> dict[str, Any]:
-        """``{ticks_done, sim_ts, symbol, phase}`` as of now (approximate within equal stamps)."""
+        """``{ticks_done, tick, sim_ts, symbol, phase}`` as of now.
+
+        ``tick`` is the 1-based number of the tick being processed (the first of its
+        timestamp, if several ticks share it); ``ticks_done`` counts the ticks before it.
+        """
         import numpy as np
 
         eng, ts, base = self.engine, self.chunk_ts, self.chunk_base
         if eng is None:
-            return {"ticks_done": 0, "sim_ts": 0, "symbol": None, "phase": self.phase}
+            return {"ticks_done": 0, "tick": 0, "sim_ts": 0, "symbol": None, "phase": self.phase}
         now = int(eng._tick.ts or 0)
         done = eng.ticks_done
         if ts is not None and self.phase == "running" and len(ts):
             done = base + int(np.searchsorted(ts, now, side="left"))
-        return {"ticks_done": done, "sim_ts": now, "symbol": eng._tick.symbol, "phase": self.phase}
+        return {"ticks_done": done, "tick": done + 1 if self.phase == "running" else done,
+                "sim_ts": now, "symbol": eng._tick.symbol, "phase": self.phase}
 
 
 class StopRequested(Exception):

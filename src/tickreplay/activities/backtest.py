@@ -418,7 +418,7 @@ class BacktestActivities:
                         last_pos, last_move = pos, now
                     state.update(progress=int(msg.get("ticks_done") or 0),
                                  sim_ts=int(msg.get("sim_ts") or 0),
-                                 at={"tick": msg.get("ticks_done"), "ts": msg.get("sim_ts"),
+                                 at={"tick": msg.get("tick"), "ts": msg.get("sim_ts"),
                                      "symbol": msg.get("symbol"), "phase": msg.get("phase")})
                 elif kind == "checkpoint":
                     last_move = now

@@ -58,8 +58,6 @@ ACTIVITY_HEARTBEAT = timedelta(seconds=10)
 # (a lost node is re-placed at once on another node, from the last checkpoint; a retryable
 # error backs off by time). Server-side retries would go back to the dead node's own queue.
 RUN_RETRY = RetryPolicy(maximum_attempts=1)
-# While only unhealthy nodes answer, how long to look for a healthy one before failing.
-FIND_HEALTHY_NODE = timedelta(seconds=90)
 
 
 def _cause_message(err: BaseException) -> str:
@@ -189,7 +187,8 @@ class BacktestWorkflow:
                     "warm_cache", WarmInput(job.job_id, plan.key, sorted(unhealthy)),
                     result_type=WarmResult, start_to_close_timeout=timedelta(hours=2),
                     heartbeat_timeout=ACTIVITY_HEARTBEAT, retry_policy=STORAGE_RETRY,
-                    schedule_to_close_timeout=FIND_HEALTHY_NODE if unhealthy else STORAGE_BUDGET)
+                    schedule_to_close_timeout=timedelta(seconds=job.options.find_node_s)
+                    if unhealthy else STORAGE_BUDGET)
             except ActivityError as e:
                 cause = e.cause
                 if isinstance(cause, ApplicationError) and cause.type == NODE_UNHEALTHY:

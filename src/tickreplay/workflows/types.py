@@ -41,6 +41,9 @@ class JobOptions:
     # for longer than the in-activity outage budget, a runner crash) are retried with
     # capped backoff for this long without progress before the job fails.
     retry_budget_s: float = 2 * 3600.0
+    # While only unhealthy nodes answer (read-only or full cache), how long to look for a
+    # healthy one before the job fails naming each node and its reason.
+    find_node_s: float = 90.0
 
 
 @dataclass

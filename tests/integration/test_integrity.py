@@ -1,0 +1,391 @@
+"""Issue 11 on a real Temporal dev server and real SeaweedFS: no result forged or mixed up,
+faults waited out, lost workers replaced in seconds, bad inputs failing at once and clearly.
+
+Workers are real OS processes (so they can be SIGKILLed, or started with a read-only cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from temporalio.client import WorkflowFailureError
+from wfkit import (
+    EXAMPLES,
+    isolated_settings,
+    server_heartbeat,
+    spawn_worker,
+    stop_process,
+    wait_for,
+)
+
+from tickreplay import jobs
+from tickreplay.backtest import run_local
+from tickreplay.data.store import S3Store
+from tickreplay.integrity import open_checkpoint, seal_checkpoint
+from tickreplay.results import ResultsError, result_hash
+from tickreplay.services import SeaweedFS
+from tickreplay.settings import Settings
+from tickreplay.spec import BacktestSpec
+from tickreplay.workflows.types import JobOptions
+
+pytestmark = pytest.mark.integration
+STRATEGIES = Path(__file__).resolve().parents[1] / "strategies"
+FAST = {"heartbeat_timeout_s": 10.0, "schedule_to_start_s": 10.0}
+
+
+@pytest.fixture(scope="module")
+def isettings(s3_server: Settings, temporal_address: str, tmp_path_factory) -> Settings:
+    return isolated_settings(s3_server, temporal_address, tmp_path_factory.mktemp("icache"),
+                             ["CCC", "DDD"], "2024-04-01", "2024-04-03", 150_000, seed=11)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        stop_process(p, signal.SIGKILL)
+
+
+def busy_spec(settings: Settings, every: int, work: int = 300) -> BacktestSpec:
+    return BacktestSpec.parse({
+        "strategy": str(STRATEGIES / "busy_momentum.py"), "data_url": f"s3://{settings.data_bucket}",
+        "symbols": "CCC,DDD", "start": "2024-04-01", "end": "2024-04-03",
+        "params": {"work": work, "every": every}})
+
+
+def artifacts(settings: Settings) -> S3Store:
+    return S3Store(settings.artifacts_bucket, settings=settings)
+
+
+def events(settings: Settings, job_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    evs = jobs.job_logs(settings, job_id)["events"]
+    return [e for e in evs if kind is None or e["kind"] == kind]
+
+
+async def started_times(client: Any, job_id: str, activity: str) -> list[tuple[float, int]]:
+    """(wall time, attempt) of every start of ``activity`` in the job's history."""
+    out = []
+    history = await client.get_workflow_handle(job_id).fetch_history()
+    scheduled: dict[int, str] = {}
+    for ev in history.events:
+        if ev.HasField("activity_task_scheduled_event_attributes"):
+            scheduled[ev.event_id] = ev.activity_task_scheduled_event_attributes.activity_type.name
+        if ev.HasField("activity_task_started_event_attributes"):
+            a = ev.activity_task_started_event_attributes
+            if scheduled.get(a.scheduled_event_id) == activity:
+                out.append((ev.event_time.ToDatetime(dt.UTC).timestamp(), a.attempt))
+    return out
+
+
+# ------------------------------------------------------------------ 1. checkpoints bound to runs
+@pytest.mark.parametrize("swap", ["foreign", "forged"])
+async def test_a_checkpoint_of_another_run_or_without_the_key_is_refused(
+        isettings: Settings, workers: list, tmp_path: Path, swap: str) -> None:
+    """Before: the other job's checkpoint was restored silently; the job SUCCEEDED with twice
+    the reference's trades and `tickreplay results` called it verified."""
+    client = await jobs.connect(isettings)
+    victim_spec, other_spec = busy_spec(isettings, every=500), busy_spec(isettings, every=250)
+    reference = result_hash(run_local(victim_spec, isettings.model_copy(
+        update={"cache_dir": tmp_path / "ref"})))
+    workers.append(spawn_worker(isettings, tmp_path / "w1.log"))
+    store = artifacts(isettings)
+
+    # A valid, platform-sealed checkpoint of ANOTHER job: same strategy and data, other params.
+    other = jobs.prepare(other_spec, options=JobOptions(checkpoint_every_s=0.2))
+    other_handle = await jobs.submit(client, isettings, other)
+    await wait_for(lambda: _has_checkpoint(client, other.job_id), 120, 0.05)
+    foreign = store.get_bytes((await server_heartbeat(client, other.job_id))["checkpoint_key"])
+    await asyncio.wait_for(other_handle.result(), 180)
+
+    victim = jobs.prepare(victim_spec, options=JobOptions(checkpoint_every_s=0.2, **FAST))
+    handle = await jobs.submit(client, isettings, victim)
+    await wait_for(lambda: _has_checkpoint(client, victim.job_id), 120, 0.05)
+    named = (await server_heartbeat(client, victim.job_id))["checkpoint_key"]
+    if swap == "forged":  # the other job's state, sealed for the victim by someone without the key
+        state, ticks = open_checkpoint(foreign, _identity_of(foreign), isettings.platform_key())
+        foreign = seal_checkpoint(state, _identity_of(store.get_bytes(named)), ticks,
+                                  os.urandom(32))
+    store.put_bytes(named, foreign)
+    os.killpg(workers[0].pid, signal.SIGKILL)
+    workers.append(spawn_worker(isettings, tmp_path / "w2.log"))
+    result = await asyncio.wait_for(handle.result(), 240)
+    assert result.result_hash == reference
+    discarded = events(isettings, victim.job_id, "checkpoint_discarded")
+    assert discarded and any(e.get("checkpoint_key") == named for e in discarded), discarded
+    why = discarded[-1]["message"]
+    assert ("another run" in why and "spec" in why) if swap == "foreign" else "signature" in why
+    manifest = jobs.download_results(isettings, victim.job_id, tmp_path / "out")
+    assert manifest["result_hash"] == reference
+
+
+def _identity_of(sealed: bytes) -> dict[str, Any]:
+    import json
+    import struct
+
+    n = struct.unpack(">I", sealed[8:12])[0]
+    return json.loads(sealed[12:12 + n])["identity"]
+
+
+async def _has_checkpoint(client: Any, job_id: str) -> bool:
+    hb = await server_heartbeat(client, job_id)
+    return bool(hb and hb.get("checkpoint_key"))
+
+
+# ------------------------------------------------------------------ 2 + 3. results exact, protocol
+async def test_hostile_strategy_cannot_spoof_and_its_result_cannot_be_padded_or_forged(
+        isettings: Settings, workers: list, tmp_path: Path) -> None:
+    """Before: the strategy's printed {"type": "done"} was taken for the runner's (or its
+    unterminated print swallowed the real one: 25 re-runs, then RunnerDied code 0), and a
+    PWNED.txt in the result prefix still downloaded as verified."""
+    client = await jobs.connect(isettings)
+    workers.append(spawn_worker(isettings, tmp_path / "w1.log"))
+    spec = busy_spec(isettings, every=500).model_copy(update={
+        "strategy": f"{STRATEGIES / 'hostile.py'}:Hostile",
+        "params": {"home": str(isettings.home), "endpoint": isettings.s3_endpoint}})
+    job = jobs.prepare(spec)
+    result = await asyncio.wait_for((await jobs.submit(client, isettings, job)).result(), 180)
+    assert result.status == "SUCCEEDED" and result.result_hash != "0" * 64
+    (out,) = events(isettings, job.job_id, "runner_output")
+    assert '"staging/evil"' in out["stdout"] and "says bye" in out["stderr"]
+    probe = [r for r in jobs.job_logs(isettings, job.job_id)["strategy_logs"] if r["msg"] == "probe"]
+    assert probe[0]["key"] == "" and probe[0]["env"] == []
+    assert probe[0]["network"].startswith("refused")
+    assert jobs.download_results(isettings, job.job_id, tmp_path / "ok")["result_hash"] == \
+        result.result_hash
+
+    results = S3Store(isettings.results_bucket, settings=isettings)
+    results.put_bytes(f"{job.job_id}/PWNED.txt", b"pwned")
+    with pytest.raises(ResultsError, match="PWNED.txt: not listed"):
+        jobs.download_results(isettings, job.job_id, tmp_path / "pwned")
+    assert not (tmp_path / "pwned" / "PWNED.txt").exists()
+    results.delete(f"{job.job_id}/PWNED.txt")
+    # A manifest re-written by someone without the key (here: its signature removed).
+    import json
+
+    manifest = json.loads(results.get_bytes(f"{job.job_id}/manifest.json"))
+    manifest.pop("signature")
+    results.put_bytes(f"{job.job_id}/manifest.json", json.dumps(manifest).encode())
+    with pytest.raises(ResultsError, match="not signed"):
+        jobs.download_results(isettings, job.job_id, tmp_path / "unsigned")
+
+
+# ------------------------------------------------------------------ 6. progress by time
+async def test_a_stuck_strategy_is_stopped_after_its_stall_timeout_naming_the_real_tick(
+        isettings: Settings, workers: list, tmp_path: Path) -> None:
+    """Before: it said "at tick 0" for a loop at tick 5000 (progress every 65,536 ticks)."""
+    client = await jobs.connect(isettings)
+    workers.append(spawn_worker(isettings, tmp_path / "w1.log"))
+    spec = busy_spec(isettings, every=500).model_copy(
+        update={"strategy": f"{STRATEGIES / 'stuck.py'}:StuckAt", "params": {"at": 5000}})
+    job = jobs.prepare(spec, options=JobOptions(stall_timeout_s=4))
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for((await jobs.submit(client, isettings, job)).result(), 120)
+    st = await jobs.status(client, job.job_id)
+    assert st["status"] == "FAILED"
+    assert "no progress for 4 s" in st["error"] and "at tick 5000 " in st["error"], st["error"]
+
+
+async def test_a_slow_strategy_is_not_taken_for_a_stuck_one(
+        isettings: Settings, workers: list, tmp_path: Path) -> None:
+    """Before: a strategy slower than stall_timeout / 65,536 ticks per tick was killed as stuck
+    (here: one 4,000-tick chunk takes ~8 s against a 5 s stall timeout)."""
+    from tickreplay.data.generate import generate
+
+    client = await jobs.connect(isettings)
+    bucket = f"slow-{os.urandom(3).hex()}"
+    store = S3Store(bucket, settings=isettings)
+    store.ensure_bucket()
+    generate(store, ["EEE"], "2024-04-01", "2024-04-02", ticks_per_day=2000, seed=1)
+    workers.append(spawn_worker(isettings, tmp_path / "w1.log"))
+    spec = BacktestSpec.parse({"strategy": f"{STRATEGIES / 'stuck.py'}:Slow",
+                               "data_url": f"s3://{bucket}", "symbols": "EEE",
+                               "start": "2024-04-01", "end": "2024-04-02",
+                               "params": {"work": 50_000}})
+    job = jobs.prepare(spec, options=JobOptions(stall_timeout_s=5))
+    try:
+        result = await asyncio.wait_for((await jobs.submit(client, isettings, job)).result(), 300)
+    except WorkflowFailureError:
+        pytest.fail(str((await jobs.status(client, job.job_id))["error"]))
+    assert result.status == "SUCCEEDED" and result.metrics["ticks"] == 4000
+
+
+# ------------------------------------------------------------------ 8. damaged partitions
+def _damage(kind: str, good: bytes) -> bytes:
+    if kind == "empty":
+        return b""
+    if kind == "footer":  # the footer's metadata overwritten with garbage
+        n = int.from_bytes(good[-8:-4], "little")
+        return good[:-8 - n] + bytes(range(256)) * (n // 256) + bytes(n % 256) + good[-8:]
+    buf = io.BytesIO()  # wrong schema: price is a string
+    pq.write_table(pa.table({"ts": pa.array([1, 2], pa.int64()), "price": ["a", "b"],
+                             "size": [1.0, 1.0]}), buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("kind", "says"), [("empty", "empty (0 bytes)"),
+                                            ("footer", "corrupt partition"),
+                                            ("schema", "wrong schema: column 'price'")])
+async def test_a_damaged_partition_fails_the_job_at_once_naming_it(
+        isettings: Settings, workers: list, tmp_path: Path, kind: str, says: str) -> None:
+    """Before: retried 10 times over 2.5 min with "Parquet file size is 0 bytes" or "Invalid
+    flatbuffers message" and no partition name."""
+    from tickreplay.data.generate import generate
+
+    client = await jobs.connect(isettings)
+    bucket = f"bad-{kind}-{os.urandom(3).hex()}"
+    store = S3Store(bucket, settings=isettings)
+    store.ensure_bucket()
+    generate(store, ["EEE"], "2024-04-01", "2024-04-02", ticks_per_day=2000, seed=1)
+    bad = "ticks/symbol=EEE/date=2024-04-02/data.parquet"
+    store.put_bytes(bad, _damage(kind, store.get_bytes(bad)))
+    workers.append(spawn_worker(isettings, tmp_path / "w1.log"))
+    spec = BacktestSpec.parse({"strategy": str(EXAMPLES / "sma_cross.py"),
+                               "data_url": f"s3://{bucket}", "symbols": "EEE",
+                               "start": "2024-04-01", "end": "2024-04-02"})
+    job = jobs.prepare(spec)
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for((await jobs.submit(client, isettings, job)).result(), 60)
+    st = await jobs.status(client, job.job_id)
+    assert bad in st["error"] and says in st["error"], st["error"]
+    assert [a for _, a in await started_times(client, job.job_id, "warm_cache")] == [1]
+
+
+# ------------------------------------------------------------------ 7. unusable node caches
+def spawn_worker_with_cache(settings: Settings, log: Path, mount: str) -> subprocess.Popen[bytes]:
+    """A worker whose cache dir is a tmpfs mounted ``mount`` (ro / tiny) in its own mount ns."""
+    cache = Path(settings.resolved_cache_dir())
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.to_env()}
+    script = (f"mount -t tmpfs -o {mount} tmpfs {cache} && "
+              f"exec {sys.executable} -m tickreplay.workers.main")
+    return subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+@pytest.mark.parametrize(("mount", "reason"), [("ro,size=1m", "not writable"),
+                                               ("size=64k", "MB free")])
+async def test_a_node_with_an_unusable_cache_hands_the_run_to_another_node(
+        isettings: Settings, workers: list, tmp_path: Path, mount: str, reason: str) -> None:
+    """Before: the job failed on that node (or retried there) instead of moving elsewhere."""
+    client = await jobs.connect(isettings)
+    sick = isettings.model_copy(update={"cache_dir": tmp_path / "sick", "node_id": "sick-node"})
+    workers.append(spawn_worker_with_cache(sick, tmp_path / "sick.log", mount))
+    job = jobs.prepare(busy_spec(isettings, every=500, work=10))
+    handle = await jobs.submit(client, isettings, job)
+    seen = await wait_for(lambda: _async(events(isettings, job.job_id, "node_unhealthy")), 60)
+    assert seen[0]["node"] == "sick-node" and reason in seen[0]["reason"]
+    workers.append(spawn_worker(isettings, tmp_path / "ok.log"))
+    result = await asyncio.wait_for(handle.result(), 180)
+    assert result.status == "SUCCEEDED"
+    assert {e["node"] for e in events(isettings, job.job_id, "cache_warm")} != {"sick-node"}
+
+
+async def test_when_no_node_can_run_it_the_job_fails_naming_node_and_reason(
+        isettings: Settings, workers: list, tmp_path: Path) -> None:
+    client = await jobs.connect(isettings)
+    sick = isettings.model_copy(update={"cache_dir": tmp_path / "sick", "node_id": "only-node"})
+    workers.append(spawn_worker_with_cache(sick, tmp_path / "sick.log", "ro,size=1m"))
+    job = jobs.prepare(busy_spec(isettings, every=500), options=JobOptions(find_node_s=5))
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for((await jobs.submit(client, isettings, job)).result(), 120)
+    st = await jobs.status(client, job.job_id)
+    assert "no node can run this job" in st["error"]
+    assert "node only-node: cache dir" in st["error"] and "not writable" in st["error"]
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+# ------------------------------------------------------------------ 5. recovery in seconds
+@pytest.mark.parametrize("stage", ["warm_cache", "run_backtest", "publish_results"])
+async def test_a_lost_worker_is_replaced_within_seconds_in_every_stage(
+        isettings: Settings, workers: list, tmp_path: Path, stage: str) -> None:
+    """Before: 92 s during a run, 122 s during warm_cache, 10 min during publish_results.
+
+    Recovery = from the SIGKILL to the stage starting again on the second worker (the
+    server's own ActivityTaskStarted time). The issue's target is < 20 s; the assertion
+    leaves room for a loaded CI machine, `make chaos` prints the measured figures.
+    """
+    client = await jobs.connect(isettings)
+    delay = {"warm_cache": "warm_cache=30", "publish_results": "publish_results=30"}.get(stage)
+    first = isettings.model_copy(update={"fault_delay": delay})
+    workers.append(spawn_worker(first, tmp_path / "w1.log"))
+    spec = busy_spec(isettings, every=500)
+    reference = result_hash(run_local(spec, isettings.model_copy(
+        update={"cache_dir": tmp_path / "ref"})))
+    job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.2, **FAST))
+    handle = await jobs.submit(client, isettings, job)
+
+    async def inside() -> bool:
+        starts = await started_times(client, job.job_id, stage)
+        if stage == "run_backtest":
+            return bool(starts) and await _has_checkpoint(client, job.job_id)
+        return bool(starts)
+
+    await wait_for(inside, 120, 0.1)
+    if stage != "run_backtest":
+        await asyncio.sleep(1.0)  # well inside the (delayed) activity
+    killed = time.time()
+    os.killpg(workers[0].pid, signal.SIGKILL)
+    workers.append(spawn_worker(isettings, tmp_path / "w2.log"))
+    result = await asyncio.wait_for(handle.result(), 240)
+    assert result.result_hash == reference
+    again = [t for t, _ in await started_times(client, job.job_id, stage) if t > killed]
+    recovery = again[0] - killed
+    print(f"recovery after SIGKILL in {stage}: {recovery:.1f} s")
+    assert recovery < 30, recovery
+
+
+# ------------------------------------------------------------------ 4. object-store outage
+async def test_an_object_store_outage_mid_run_is_waited_out(
+        isettings: Settings, temporal_address: str, workers: list, tmp_path: Path) -> None:
+    """S3 stops for 40 s after the first checkpoint, then comes back on the same port; the job
+    finishes with the uninterrupted run's hash. (Before, a 5-minute outage failed the job for
+    good; `make chaos` runs the 15-minute outage, too long for this suite.)"""
+    from tickreplay.data.generate import generate
+
+    s3 = SeaweedFS.start(tmp_path / "s3", access_key="outage", secret_key="outage-secret-0123",
+                         die_with_parent=True)
+    try:
+        settings = isettings.model_copy(update={
+            "s3_endpoint": s3.endpoint, "s3_access_key": "outage",
+            "s3_secret_key": "outage-secret-0123", "cache_dir": tmp_path / "cache"})
+        for b in (settings.data_bucket, settings.results_bucket, settings.artifacts_bucket):
+            S3Store(b, settings=settings).ensure_bucket()
+        generate(S3Store(settings.data_bucket, settings=settings), ["CCC", "DDD"], "2024-04-01",
+                 "2024-04-03", ticks_per_day=60_000, seed=11)
+        spec = busy_spec(settings, every=500, work=400)
+        reference = result_hash(run_local(spec, settings.model_copy(
+            update={"cache_dir": tmp_path / "ref"})))
+        client = await jobs.connect(settings)
+        workers.append(spawn_worker(settings, tmp_path / "w1.log"))
+        job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.5))
+        handle = await jobs.submit(client, settings, job)
+        await wait_for(lambda: _has_checkpoint(client, job.job_id), 120, 0.1)
+        port = s3.ports["s3.port"]
+        s3.stop(grace=0)
+        await asyncio.sleep(40)
+        s3 = SeaweedFS.start(tmp_path / "s3", s3_port=port, access_key="outage",
+                             secret_key="outage-secret-0123", die_with_parent=True)
+        result = await asyncio.wait_for(handle.result(), 300)
+        assert result.result_hash == reference
+    finally:
+        s3.stop(grace=0)
+        shutil.rmtree(tmp_path / "s3", ignore_errors=True)

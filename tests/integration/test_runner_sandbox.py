@@ -1,0 +1,175 @@
+"""The runner as the worker drives it: a real process under real bubblewrap, its private
+protocol channel, its bounded output, and what user code inside it can (not) reach.
+
+No Temporal here: the test plays the worker's side (``RunnerPool`` + the job message), so each
+case takes a second or two. The Temporal-level behaviour is in test_integrity.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tickreplay.backtest import fetch_plan, run_local
+from tickreplay.data.cache import PartitionCache
+from tickreplay.data.catalog import plan_data
+from tickreplay.data.generate import generate
+from tickreplay.data.store import LocalStore
+from tickreplay.results import load_results, result_hash
+from tickreplay.runner.launch import RunnerPool, sandbox_mode
+from tickreplay.settings import Settings
+from tickreplay.spec import BacktestSpec
+from tickreplay.strategy.loader import bundle_from_spec, load_strategy
+
+STRATEGIES = Path(__file__).resolve().parents[1] / "strategies"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("runner")
+    store = LocalStore(base / "data")
+    generate(store, ["AAA", "BBB"], "2024-03-04", "2024-03-05", ticks_per_day=20_000, seed=3)
+    settings = Settings(home=base / "home", cache_dir=base / "cache")
+    settings.platform_key(create=True)  # the key file the sandbox must hide
+    return {"base": base, "store": store, "settings": settings}
+
+
+@pytest.fixture
+def listener() -> Iterator[str]:
+    """A real TCP server on the host: reachable from the worker, not from a sandboxed runner."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    srv.close()
+
+
+def _spec(world: dict[str, Any], strategy: str, params: dict[str, Any]) -> BacktestSpec:
+    return BacktestSpec.parse({"strategy": strategy, "data_url": str(world["base"] / "data"),
+                               "symbols": "AAA,BBB", "start": "2024-03-04", "end": "2024-03-05",
+                               "params": params})
+
+
+def _job(world: dict[str, Any], spec: BacktestSpec, workdir: Path) -> dict[str, Any]:
+    """What the worker's run_backtest sends: local paths only, no credentials."""
+    bundle = bundle_from_spec(spec.strategy)
+    params = load_strategy(bundle, spec.params)[0].params.model_dump(mode="json")
+    plan = plan_data(world["store"], spec.symbols, spec.start, spec.end)
+    cache = PartitionCache(world["settings"].resolved_cache_dir(), 10**10)
+    paths = fetch_plan(plan, world["store"], cache)
+    return {"job_id": "t", "spec": {**spec.model_dump(mode="json"), "params": params},
+            "bundle": bundle.to_bytes().decode(), "strategy_digest": bundle.digest,
+            "plan": plan.to_dict(), "paths": {k: str(v) for k, v in paths.items()},
+            "ticks_total": 0, "checkpoint_every_s": 3600, "checkpoint_file": None,
+            "resumed_from": 0, "workdir": str(workdir), "memory_mb": 2048}
+
+
+async def _drive(world: dict[str, Any], spec: BacktestSpec, until: Any = None,
+                 timeout: float = 60) -> tuple[list[dict[str, Any]], Any]:
+    """Run one job on a fresh runner; collect every protocol message until the channel closes
+    (or ``until(messages)`` is true: then the runner is killed)."""
+    pool = RunnerPool(world["settings"], world["base"] / "runs")
+    runner = await pool.acquire()
+    msgs: list[dict[str, Any]] = []
+    try:
+        await runner.send(_job(world, spec, runner.workdir))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = await asyncio.wait_for(runner.messages.get(), 1.0)
+            except TimeoutError:
+                continue
+            if msg is None:
+                break
+            msgs.append(msg)
+            if until is not None and until(msgs):
+                break
+        results = None
+        done = [m for m in msgs if m["type"] == "done"]
+        if done:
+            results = load_results(runner.workdir / "result")
+        await runner.wait() if until is None else None
+        return msgs, (results, runner.output())
+    finally:
+        await runner.close()
+        await pool.close()
+
+
+def test_bubblewrap_is_the_sandbox_here(world: dict[str, Any]) -> None:
+    assert sandbox_mode(world["settings"]) == "bwrap"  # `make setup` installs it
+
+
+async def test_user_code_cannot_spoof_the_protocol_or_reach_keys_credentials_or_network(
+        world: dict[str, Any], listener: str) -> None:
+    """Before: the strategy's fake "done" line on stdout was taken for the runner's, and its
+    unterminated print in on_stop swallowed the real one (RunnerDied ... code 0)."""
+    spec = _spec(world, f"{STRATEGIES / 'hostile.py'}:Hostile",
+                 {"home": str(world["settings"].home), "endpoint": listener})
+    msgs, (results, output) = await _drive(world, spec)
+    done = [m for m in msgs if m["type"] == "done"]
+    assert len(done) == 1 and done[0]["result_hash"] != "0" * 64
+    # Its trades are what the engine made of its orders (its probe log differs outside the
+    # sandbox, where it does find the key: so compare trades and equity, not the hash).
+    local = run_local(spec, world["settings"])
+    assert results.trades.num_rows > 10
+    assert results.trades.equals(local.trades) and results.equity.equals(local.equity)
+    assert done[0]["result_hash"] == result_hash(results)
+    assert not [m for m in msgs if m.get("staging_prefix") == "staging/evil"]
+    # The strategy's prints are its output, kept for the job's logs, not protocol.
+    assert '"staging_prefix": "staging/evil"' in output["stdout"]
+    assert output["stdout"].endswith('{"type": "progress", "ticks_done": 0')
+    assert "hostile strategy says bye" in output["stderr"]
+    (probe,) = [r for r in results.logs if r["msg"] == "probe"]
+    assert probe["env"] == []  # no TICKREPLAY_*, AWS_* or *KEY*/*SECRET* variables
+    assert probe["key"] == ""  # <home>/signing.key is not mounted
+    assert probe["network"].startswith("refused")  # no network namespace route to the host
+    assert "tickreplay.workers" not in probe["proc_1"]  # its own pid namespace
+
+
+async def test_progress_comes_every_second_and_names_the_tick_of_a_stuck_strategy(
+        world: dict[str, Any]) -> None:
+    """Before: progress came every 65,536 ticks, so a loop at tick 5000 was reported at tick 0."""
+    spec = _spec(world, f"{STRATEGIES / 'stuck.py'}:StuckAt", {"at": 5000})
+
+    def stuck_seen(msgs: list[dict[str, Any]]) -> bool:
+        prog = [m for m in msgs if m["type"] == "progress"]
+        return len(prog) >= 3 and prog[-1]["tick"] == prog[-3]["tick"] == 5000
+
+    msgs, _ = await _drive(world, spec, until=stuck_seen, timeout=30)
+    prog = [m for m in msgs if m["type"] == "progress"]
+    assert stuck_seen(msgs), prog[-3:]
+    assert prog[-1]["phase"] == "running" and prog[-1]["symbol"] in ("AAA", "BBB")
+    assert prog[-1]["ticks_done"] == 4999 and prog[-1]["sim_ts"] > 0
+
+
+async def test_a_slow_strategy_reports_moving_progress_every_second(world: dict[str, Any]) -> None:
+    spec = _spec(world, f"{STRATEGIES / 'stuck.py'}:Slow", {"work": 20_000})
+
+    def three(msgs: list[dict[str, Any]]) -> bool:
+        return len([m for m in msgs if m["type"] == "progress"]) >= 3
+
+    msgs, _ = await _drive(world, spec, until=three, timeout=30)
+    ticks = [m["tick"] for m in msgs if m["type"] == "progress"]
+    assert len(ticks) >= 3 and ticks[-1] > ticks[-3] > 0, ticks
+    assert ticks[-1] < 65_536  # the old per-chunk progress would not have reported anything yet
+
+
+def test_checkpoint_and_result_files_are_opened_without_following_symlinks(
+        tmp_path: Path) -> None:
+    """A runner could leave a symlink to the key file where the worker reads its output."""
+    from tickreplay.activities.backtest import _read_regular
+
+    secret = tmp_path / "signing.key"
+    secret.write_text("00" * 32)
+    link = tmp_path / "ckpt-0000000001000.bin"
+    link.symlink_to(secret)
+    with pytest.raises(OSError):
+        _read_regular(link)
+    assert json.loads(json.dumps({"ok": True}))  # the module imported without Temporal running
