@@ -202,6 +202,7 @@ class BacktestActivities:
         from tickreplay.data.errors import DataError
         from tickreplay.data.store import open_store
 
+        self._event(inp.job_id, "warm_started", attempt=activity.info().attempt)
         if self.node in (inp.avoid_nodes or []):
             raise ApplicationError(f"node {self.node} was found unhealthy for this job; "
                                    "leaving it to another node", type="AvoidNode")
@@ -242,6 +243,7 @@ class BacktestActivities:
         from tickreplay.results import ResultConflictError, ResultsError, publish_results
         from tickreplay.results.files import MANIFEST, read_manifest
 
+        self._event(inp.job_id, "publish_started", attempt=activity.info().attempt)
         artifacts = self._artifacts()
         results = S3Store(self.settings.results_bucket, settings=self.settings)
 

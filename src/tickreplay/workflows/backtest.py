@@ -104,16 +104,19 @@ class BacktestWorkflow:
         self._stage = "resolve_strategy"
         strategy = await workflow.execute_activity(
             "resolve_strategy", ResolveInput(job.job_id, job.bundle), result_type=StrategyRef,
-            start_to_close_timeout=timedelta(minutes=2), retry_policy=STORAGE_RETRY)
+            start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=ACTIVITY_HEARTBEAT,
+            schedule_to_close_timeout=STORAGE_BUDGET, retry_policy=STORAGE_RETRY)
         self._stage = "plan_data"
         plan = await workflow.execute_activity(
             "plan_data", PlanInput(job.job_id, job.spec), result_type=PlanRef,
-            start_to_close_timeout=timedelta(minutes=10), retry_policy=STORAGE_RETRY)
+            start_to_close_timeout=timedelta(minutes=10), heartbeat_timeout=ACTIVITY_HEARTBEAT,
+            schedule_to_close_timeout=STORAGE_BUDGET, retry_policy=STORAGE_RETRY)
         output = await self._place_and_run(job, strategy, plan)
         self._stage = "publish_results"
         published = await workflow.execute_activity(
             "publish_results", PublishInput(job.job_id, output.staging_prefix, output.result_hash),
             result_type=PublishOutput, start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=ACTIVITY_HEARTBEAT, schedule_to_close_timeout=STORAGE_BUDGET,
             retry_policy=STORAGE_RETRY)
         self._progress.ticks_done = output.ticks
         self._result = JobResult(job.job_id, "SUCCEEDED", published.result_hash,
