@@ -183,7 +183,7 @@ def test_local_run_errors_are_one_line_never_a_traceback(catalog: Path, tmp_path
         strategy, needle = str(tmp_path / "nope.py"), "nope.py"
     elif case == "empty_partition":
         (data / "ticks" / "symbol=AAA" / "date=2024-03-05" / "data.parquet").write_bytes(b"")
-        needle = "0 bytes"
+        needle = "partition ticks/symbol=AAA/date=2024-03-05/data.parquet: the file is empty (0 bytes)"
     else:
         extra, needle = ["--mode", "sideways"], "mode"
     p = tr("run", strategy, "--data", str(data), "--symbols", "AAA", *RANGE, "--out",
