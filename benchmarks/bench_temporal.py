@@ -128,8 +128,8 @@ async def main() -> None:
         share = stats["checkpoint_s"] / total * 100
         rows.append((f"10 M ticks, checkpoint every {every:g} s",
                      f"{share:.2f} % of {total:.1f} s",
-                     f"{stats['checkpoints']:.0f} checkpoints, largest {size / 1e6:.2f} MB; "
-                     "target < 5 %"))
+                     (f"{stats['checkpoints']:.0f} checkpoints, largest {size / 1e6:.2f} MB; "
+                     "target < 5 %")))
     table = Table(title="tickreplay orchestration benchmark (per-tick SMA, 2 symbols)")
     for col in ("measure", "value", "note"):
         table.add_column(col)

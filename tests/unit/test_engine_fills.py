@@ -41,7 +41,7 @@ def trades(result) -> list[tuple]:
 
 
 def test_market_order_waits_for_latency_and_pays_slippage_and_commission() -> None:
-    s = Script({0: [dict(symbol="A", qty=50)]})
+    s = Script({0: [{"symbol": "A", "qty": 50}]})
     cfg = RunConfig(latency_ns=10, slippage_bps=10,
                     commission=Commission(per_share=0.01, minimum=1.0))
     r = run(s, ["A"], [chunk([(0, 0, 100.0), (5, 0, 101.0), (10, 0, 102.0), (20, 0, 103.0)])], cfg)
@@ -51,47 +51,47 @@ def test_market_order_waits_for_latency_and_pays_slippage_and_commission() -> No
 
 
 def test_market_order_never_fills_on_its_own_tick_even_at_equal_timestamp() -> None:
-    s = Script({0: [dict(symbol="A", qty=-10)]})
+    s = Script({0: [{"symbol": "A", "qty": -10}]})
     r = run(s, ["A"], [chunk([(7, 0, 50.0), (7, 0, 51.0), (8, 0, 52.0)])])
     assert trades(r) == [(1, 7, -10.0, 51.0, 0.0)]
 
 
 def test_order_fills_only_on_its_own_symbol() -> None:
-    s = Script({0: [dict(symbol="B", qty=1)]})
+    s = Script({0: [{"symbol": "B", "qty": 1}]})
     r = run(s, ["A", "B"], [chunk([(1, 0, 10.0), (2, 0, 11.0), (3, 1, 20.0), (4, 0, 12.0)])])
     assert trades(r) == [(1, 3, 1.0, 20.0, 0.0)]
     assert r.trades["symbol"][0].as_py() == "B"
 
 
 def test_limit_buy_fills_at_limit_when_a_trade_prints_at_or_below() -> None:
-    s = Script({0: [dict(symbol="A", qty=10, type="limit", limit=99.5)]})
+    s = Script({0: [{"symbol": "A", "qty": 10, "type": "limit", "limit": 99.5}]})
     r = run(s, ["A"], [chunk([(1, 0, 100.0), (2, 0, 99.6), (3, 0, 99.0), (4, 0, 98.0)])],
             RunConfig(slippage_bps=50))
     assert trades(r) == [(1, 3, 10.0, 99.5, 0.0)]  # limit price, no slippage
 
 
 def test_limit_sell_mirrors_and_short_is_allowed() -> None:
-    s = Script({0: [dict(symbol="A", qty=-10, type="limit", limit=101.0)]})
+    s = Script({0: [{"symbol": "A", "qty": -10, "type": "limit", "limit": 101.0}]})
     r = run(s, ["A"], [chunk([(1, 0, 100.0), (2, 0, 100.9), (3, 0, 101.0)])])
     assert trades(r) == [(1, 3, -10.0, 101.0, 0.0)]
     assert r.trades["position"][0].as_py() == -10.0
 
 
 def test_stop_buy_triggers_through_the_stop_and_fills_as_market() -> None:
-    s = Script({0: [dict(symbol="A", qty=5, type="stop", stop=102.0)]})
+    s = Script({0: [{"symbol": "A", "qty": 5, "type": "stop", "stop": 102.0}]})
     r = run(s, ["A"], [chunk([(1, 0, 100.0), (2, 0, 101.9), (3, 0, 102.5), (4, 0, 103.0)])],
             RunConfig(slippage_bps=20))
     assert trades(r) == [(1, 3, 5.0, 102.5 * 1.002, 0.0)]
 
 
 def test_stop_sell_triggers_at_or_below() -> None:
-    s = Script({0: [dict(symbol="A", qty=-5, type="stop", stop=99.0)]})
+    s = Script({0: [{"symbol": "A", "qty": -5, "type": "stop", "stop": 99.0}]})
     r = run(s, ["A"], [chunk([(1, 0, 100.0), (2, 0, 99.0), (3, 0, 98.0)])])
     assert trades(r) == [(1, 2, -5.0, 99.0, 0.0)]
 
 
 def test_ioc_cancels_what_did_not_fill_on_the_next_eligible_tick() -> None:
-    s = Script({0: [dict(symbol="A", qty=1, type="limit", limit=99.0, tif="ioc")]})
+    s = Script({0: [{"symbol": "A", "qty": 1, "type": "limit", "limit": 99.0, "tif": "ioc"}]})
     cfg = RunConfig(latency_ns=5)
     # tick at ts=3 is not yet eligible; ts=6 is the first eligible and does not cross -> cancelled
     r = run(s, ["A"], [chunk([(0, 0, 100.0), (3, 0, 98.0), (6, 0, 100.0), (9, 0, 90.0)])], cfg)
@@ -100,21 +100,21 @@ def test_ioc_cancels_what_did_not_fill_on_the_next_eligible_tick() -> None:
 
 
 def test_ioc_fills_when_marketable_on_the_next_eligible_tick() -> None:
-    s = Script({0: [dict(symbol="A", qty=1, type="limit", limit=99.0, tif="ioc")]})
+    s = Script({0: [{"symbol": "A", "qty": 1, "type": "limit", "limit": 99.0, "tif": "ioc"}]})
     r = run(s, ["A"], [chunk([(0, 0, 100.0), (1, 0, 98.0)])])
     assert trades(r) == [(1, 1, 1.0, 99.0, 0.0)]
 
 
 def test_day_order_expires_at_session_end_and_gtc_does_not() -> None:
-    s = Script({0: [dict(symbol="A", qty=1, type="limit", limit=90.0, tif="day"),
-                    dict(symbol="A", qty=2, type="limit", limit=90.0, tif="gtc")]})
+    s = Script({0: [{"symbol": "A", "qty": 1, "type": "limit", "limit": 90.0, "tif": "day"},
+                    {"symbol": "A", "qty": 2, "type": "limit", "limit": 90.0, "tif": "gtc"}]})
     r = run(s, ["A"], [chunk([(0, 0, 100.0), (DAY - 1, 0, 95.0), (DAY + 1, 0, 89.0)])])
     assert trades(r) == [(2, DAY + 1, 2.0, 90.0, 0.0)]
 
 
 def test_cancel_removes_an_open_order_and_reports_filled_ones() -> None:
-    s = Script({0: [dict(symbol="A", qty=1, type="limit", limit=50.0),
-                    dict(symbol="A", qty=1)]},
+    s = Script({0: [{"symbol": "A", "qty": 1, "type": "limit", "limit": 50.0},
+                    {"symbol": "A", "qty": 1}]},
                cancels={1: [0], 2: [1]})
     r = run(s, ["A"], [chunk([(0, 0, 100.0), (1, 0, 100.0), (2, 0, 40.0)])])
     assert trades(r) == [(2, 1, 1.0, 100.0, 0.0)]
@@ -122,8 +122,8 @@ def test_cancel_removes_an_open_order_and_reports_filled_ones() -> None:
 
 
 def test_average_cost_realized_pnl_and_position_flip() -> None:
-    s = Script({0: [dict(symbol="A", qty=100)], 1: [dict(symbol="A", qty=-150)],
-                2: [dict(symbol="A", qty=50)]})
+    s = Script({0: [{"symbol": "A", "qty": 100}], 1: [{"symbol": "A", "qty": -150}],
+                2: [{"symbol": "A", "qty": 50}]})
     r = run(s, ["A"], [chunk([(0, 0, 9.0), (1, 0, 10.0), (2, 0, 12.0), (3, 0, 11.0)])],
             RunConfig(commission=Commission(bps=10)))
     t = r.trades.to_pydict()
@@ -141,7 +141,7 @@ def test_average_cost_realized_pnl_and_position_flip() -> None:
 
 
 def test_daily_equity_marks_each_day_at_its_last_trade() -> None:
-    s = Script({0: [dict(symbol="A", qty=10)]})
+    s = Script({0: [{"symbol": "A", "qty": 10}]})
     r = run(s, ["A"], [chunk([(0, 0, 10.0), (1, 0, 10.0), (5, 0, 11.0),
                               (DAY + 2, 0, 13.0), (DAY + 3, 0, 12.0)])])
     eq = r.equity.to_pydict()
@@ -151,13 +151,13 @@ def test_daily_equity_marks_each_day_at_its_last_trade() -> None:
 
 
 @pytest.mark.parametrize("bad, msg", [
-    (dict(symbol="ZZZ", qty=1), "not in this run"),
-    (dict(symbol="A", qty=0), "non-zero"),
-    (dict(symbol="A", qty=math.nan), "finite"),
-    (dict(symbol="A", qty=1, type="limit"), "positive limit"),
-    (dict(symbol="A", qty=1, type="stop"), "positive stop"),
-    (dict(symbol="A", qty=1, type="twap"), "order type"),
-    (dict(symbol="A", qty=1, tif="gtd"), "tif"),
+    ({"symbol": "ZZZ", "qty": 1}, "not in this run"),
+    ({"symbol": "A", "qty": 0}, "non-zero"),
+    ({"symbol": "A", "qty": math.nan}, "finite"),
+    ({"symbol": "A", "qty": 1, "type": "limit"}, "positive limit"),
+    ({"symbol": "A", "qty": 1, "type": "stop"}, "positive stop"),
+    ({"symbol": "A", "qty": 1, "type": "twap"}, "order type"),
+    ({"symbol": "A", "qty": 1, "tif": "gtd"}, "tif"),
 ])
 def test_invalid_orders_fail_with_a_clear_message(bad: dict, msg: str) -> None:
     with pytest.raises(StrategyError, match=msg):
