@@ -36,8 +36,9 @@ What is printed for each scenario:
   ``temporal``, the first run_backtest heartbeat the server receives after it is back (or the
   start of a new attempt). For ``s3``, the job's first object-store write after S3 is back: a
   new checkpoint named by a heartbeat, or the staged result (run_backtest completes). The
-  Temporal server is polled every 0.2 s; when a short activity was never seen pending, the
-  worker's own event timestamp is used (marked ``~``, an upper bound).
+  Temporal server is polled every 0.2 s; when a short attempt was never seen pending, the
+  start event the worker wrote for it (``warm_started``, ``run_started``, ``publish_started``)
+  gives the time instead (marked ``~``).
 - total: seconds from submit to the job's end.
 
 A scenario passes when the job SUCCEEDED with the reference hash, its published result
@@ -241,7 +242,7 @@ class Nodes:
             shutil.rmtree(self.ctx.base / "nodes" / name, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------- one scenario's outcome
+# ------------------------------------------------------------------------ one scenario's outcome
 @dataclass
 class Outcome:
     name: str
@@ -334,7 +335,8 @@ class Chaos:
         for a in desc.raw_description.pending_activities:
             details = None
             if a.heartbeat_details.payloads:
-                (details, *_) = await self.poller.data_converter.decode(a.heartbeat_details.payloads)
+                (details, *_) = await self.poller.data_converter.decode(
+                    a.heartbeat_details.payloads)
             acts.append(Act(a.activity_type.name, a.state, a.attempt, _epoch(a.last_started_time),
                             _epoch(a.last_heartbeat_time), a.last_worker_identity,
                             details if isinstance(details, dict) else None))
@@ -343,7 +345,8 @@ class Chaos:
     async def _poll_client(self) -> Any:
         return await Client.connect(self.settings.temporal_address,
                                     namespace=self.settings.temporal_namespace,
-                                    retry_config=RetryConfig(max_retries=0))
+                                    retry_config=RetryConfig(max_retries=1,
+                                                             max_elapsed_time_millis=1000))
 
     async def _reconnect(self) -> None:
         # A client's channel normally reconnects by itself; fresh clients are the fallback.
@@ -420,7 +423,8 @@ class Chaos:
             job.watcher.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    self.client.get_workflow_handle(job.job_id).terminate("chaos scenario over"), 10)
+                    self.client.get_workflow_handle(job.job_id).terminate("chaos scenario over"),
+                    10)
 
     # -------------------------------------------------------------- scenarios
     async def scenario(self, name: str, tag: str,
@@ -463,14 +467,15 @@ class Chaos:
             killed = nodes.kill(a)
             ok, info = await self.finish(job, self.expected["short"], CLOSED_WAIT_S)
             evs = await self.events(job.job_id)
-            done_kind = {"warm_cache": "cache_warm", "publish_results": "published"}[stage]
-            self.measure(out, job, killed, restart=stage, events=evs, kinds=[done_kind],
+            start_kind, done_kind = {"warm_cache": ("warm_started", "cache_warm"),
+                                     "publish_results": ("publish_started", "published")}[stage]
+            self.measure(out, job, killed, restart=stage, events=evs, kinds=[start_kind],
                          not_node=a)
-            again = {nodes.of_identity(x.identity) for s in job.snaps
-                     for x in s.acts if x.kind == stage and x.started > killed}
+            again = sorted({str(nodes.of_identity(x.identity)) for s in job.snaps
+                            for x in s.acts if x.kind == stage and x.started > killed})
             out.ok = ok
             out.detail = (f"{a} killed in {stage} (attempt {act.attempt}); redone on "
-                          f"{', '.join(sorted(n for n in again if n)) or _event_nodes(evs, done_kind, killed)}; {info}")
+                          f"{', '.join(again) or _event_nodes(evs, done_kind, killed)}; {info}")
         return await self.scenario(f"worker SIGKILL in {stage}", stage.split("_")[0], body,
                                    self.args.max_recovery_s)
 

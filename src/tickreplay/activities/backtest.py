@@ -150,14 +150,17 @@ class BacktestActivities:
         except (KeyError, TypeError, ValueError) as e:
             raise ApplicationError(f"invalid strategy bundle: {e}", type=t.SPEC_ERROR,
                                    non_retryable=True) from None
-        key = f"strategies/{bundle.digest}.json"
+        # Addressed by the whole bundle (sources AND entry/class): two classes of one file
+        # share a source digest but are different strategies.
+        raw = bundle.to_bytes()
+        key = f"strategies/{hashlib.sha256(raw).hexdigest()}.json"
         store = self._artifacts()
 
         def put() -> None:
             try:
-                store.put_bytes(key, bundle.to_bytes(), if_none_match=True)
+                store.put_bytes(key, raw, if_none_match=True)
             except ObjectExistsError:
-                pass  # same digest, same bytes
+                pass  # same address, same bytes
 
         with pulse():
             self._retry(put, "store strategy bundle")
@@ -340,7 +343,9 @@ class BacktestActivities:
 
         artifacts = self._artifacts()
         raw = self._retry(lambda: artifacts.get_bytes(inp.strategy.key), "read strategy")
-        if StrategyBundle.from_bytes(raw).digest != inp.strategy.digest:
+        if StrategyBundle.from_bytes(raw).digest != inp.strategy.digest or (
+                inp.strategy.key != f"strategies/{hashlib.sha256(raw).hexdigest()}.json"
+                and not inp.strategy.key.endswith(f"/{inp.strategy.digest}.json")):
             raise ApplicationError(f"strategy object {inp.strategy.key} does not hash to "
                                    f"{inp.strategy.digest}", type=t.SPEC_ERROR, non_retryable=True)
         plan = self._load_plan(inp.plan.key)
