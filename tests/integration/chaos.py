@@ -73,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from temporalio.client import Client, RetryConfig
 from wfkit import EXAMPLES, stop_process, wait_for
 
+import tickreplay
 from tickreplay import jobs
 from tickreplay.backtest import run_local
 from tickreplay.data.generate import generate
@@ -412,6 +413,14 @@ class Chaos:
             return False, f"published hash {manifest.get('result_hash')} != reference"
         return True, f"hash {expected[:12]} (published, verified)"
 
+    def newest_checkpoint(self, job_id: str) -> int | None:
+        """Ticks of the newest checkpoint stored for the job (keys start with the tick count)."""
+        try:
+            keys = [o.key for o in self.artifacts().list(f"checkpoints/{job_id}/")]
+        except Exception:  # noqa: BLE001 - informative only
+            return None
+        return max((int(k.rsplit("/", 1)[1].split("-", 1)[0]) for k in keys), default=0)
+
     async def events(self, job_id: str) -> list[dict[str, Any]]:
         return (await asyncio.to_thread(jobs.job_logs, self.settings, job_id))["events"]
 
@@ -617,16 +626,21 @@ class Chaos:
             at_back = job.beat()
             (self.stack.start_s3 if service == "s3" else self.stack.start_temporal)()
             back = time.time()
-            say(f"  {service} back after {back - down:.0f} s")
+            newest = self.newest_checkpoint(job.job_id)
+            say(f"  {service} back after {back - down:.0f} s; newest checkpoint stored: "
+                f"{newest if newest is None else format(newest, ',')} ticks")
             ok, info = await self.finish(job, self.expected["long"], CLOSED_WAIT_S + down_s)
             evs = await self.events(job.job_id)
             self.measure_outage(out, job, service, back, at_back, evs)
             alive = sum(p.poll() is None for p in nodes.procs.values())
             out.ok = ok
             placements = len([e for e in evs if e["kind"] == "run_started"])
+            point = _resume_point(evs, down)
+            redone = (f" ({newest - point[1]:,} ticks redone: newest stored checkpoint "
+                      f"{newest:,})" if point and newest and newest > point[1] else "")
             out.detail = (f"down {back - down:.0f} s from tick {hb.get('progress', 0):,}/"
                           f"{hb.get('ticks_total', 0):,}; {placements} run attempt(s), "
-                          f"{_resumed(evs, down)}; workers alive {alive}/2; {info}")
+                          f"{_resumed(evs, down)}{redone}; workers alive {alive}/2; {info}")
         label = {"s3": f"S3 down {down_s / 60:.0f} min mid-run" if down_s >= 60
                  else f"S3 down {down_s:.0f} s mid-run",
                  "temporal": f"Temporal down {down_s:.0f} s mid-run"}[service]
@@ -682,18 +696,23 @@ def _running(job: Job, kind: str) -> Act | None:
     return a if a is not None and a.state == STARTED and a.identity else None
 
 
-def _resumed(events: list[dict[str, Any]], after: float) -> str:
-    """Where the first run attempt after ``after`` started, as its runner reported it."""
+def _resume_point(events: list[dict[str, Any]], after: float) -> tuple[str, int] | None:
+    """Node and tick of the first run attempt after ``after``, as its runner reported it."""
     runs = [e for e in events if e["kind"] == "run_started" and e["ts"] > after]
     if not runs:
-        return "no new run attempt"
-    node = runs[0].get("node")
+        return None
+    node = str(runs[0].get("node"))
     runner = [e for e in events if e["kind"] == "runner_started" and e["ts"] >= runs[0]["ts"]
               and e.get("node") == node]
-    tick = (runner[0].get("resumed_from") if runner else None)
+    tick = runner[0].get("resumed_from") if runner else None
     if tick is None:  # the runner never started: what the attempt was asked to resume from
         tick = runs[0].get("ticks_done")
-    return f"resumed on {node} from tick {int(tick or 0):,}"
+    return node, int(tick or 0)
+
+
+def _resumed(events: list[dict[str, Any]], after: float) -> str:
+    point = _resume_point(events, after)
+    return f"resumed on {point[0]} from tick {point[1]:,}" if point else "no new run attempt"
 
 
 def _event_nodes(events: list[dict[str, Any]], kind: str, after: float) -> str:
@@ -718,7 +737,8 @@ async def main(args: argparse.Namespace) -> int:
         return 2
     base = Path(tempfile.mkdtemp(prefix="tickreplay-chaos-"))
     say(f"chaos: scenarios {','.join(wanted)}, {args.rounds} run round(s), S3 outage "
-        f"{args.outage_s:.0f} s, Temporal outage {args.temporal_down_s:.0f} s; logs in {base}")
+        f"{args.outage_s:.0f} s, Temporal outage {args.temporal_down_s:.0f} s; logs in {base}; "
+        f"product from {Path(tickreplay.__file__).parent}")
     ctx = Chaos(base, args)
     outcomes: list[Outcome] = []
     try:
