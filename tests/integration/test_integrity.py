@@ -94,11 +94,16 @@ async def started_times(client: Any, job_id: str, activity: str) -> list[tuple[f
 
 
 # ------------------------------------------------------------------ 1. checkpoints bound to runs
-@pytest.mark.parametrize("swap", ["foreign", "forged"])
 async def test_a_checkpoint_of_another_run_or_without_the_key_is_refused(
-        isettings: Settings, workers: list, tmp_path: Path, swap: str) -> None:
+        isettings: Settings, workers: list, tmp_path: Path) -> None:
     """Before: the other job's checkpoint was restored silently; the job SUCCEEDED with twice
-    the reference's trades and `tickreplay results` called it verified."""
+    the reference's trades and `tickreplay results` called it verified.
+
+    One victim job, two attacks: first the checkpoint its heartbeat names is replaced by a
+    valid, platform-sealed checkpoint of ANOTHER job (same strategy and data, other params) and
+    its worker SIGKILLed; then, on the next worker, by that state sealed for the victim by
+    someone without the key, and that worker SIGKILLed too.
+    """
     client = await jobs.connect(isettings)
     victim_spec, other_spec = busy_spec(isettings, every=500), busy_spec(isettings, every=250)
     reference = result_hash(run_local(victim_spec, isettings.model_copy(
@@ -106,7 +111,6 @@ async def test_a_checkpoint_of_another_run_or_without_the_key_is_refused(
     workers.append(spawn_worker(isettings, tmp_path / "w1.log"))
     store = artifacts(isettings)
 
-    # A valid, platform-sealed checkpoint of ANOTHER job: same strategy and data, other params.
     other = jobs.prepare(other_spec, options=JobOptions(checkpoint_every_s=0.2))
     other_handle = await jobs.submit(client, isettings, other)
     await wait_for(lambda: _has_checkpoint(client, other.job_id), 120, 0.05)
@@ -115,24 +119,32 @@ async def test_a_checkpoint_of_another_run_or_without_the_key_is_refused(
 
     victim = jobs.prepare(victim_spec, options=JobOptions(checkpoint_every_s=0.2, **FAST))
     handle = await jobs.submit(client, isettings, victim)
-    await wait_for(lambda: _has_checkpoint(client, victim.job_id), 120, 0.05)
-    named = (await server_heartbeat(client, victim.job_id))["checkpoint_key"]
-    if swap == "forged":  # the other job's state, sealed for the victim by someone without the key
-        state, ticks = open_checkpoint(foreign, _identity_of(foreign), isettings.platform_key())
-        foreign = seal_checkpoint(state, _identity_of(store.get_bytes(named)), ticks,
-                                  os.urandom(32))
-    store.put_bytes(named, foreign)
-    os.killpg(workers[0].pid, signal.SIGKILL)
-    workers.append(spawn_worker(isettings, tmp_path / "w2.log"))
+    swapped = []
+    for attack in ("foreign", "forged"):
+        async def checkpoint_after_swap() -> bool:
+            hb = await server_heartbeat(client, victim.job_id)
+            return bool(hb and hb.get("checkpoint_key") and hb["checkpoint_key"] not in swapped)
+
+        await wait_for(checkpoint_after_swap, 120, 0.05)
+        named = (await server_heartbeat(client, victim.job_id))["checkpoint_key"]
+        payload = foreign
+        if attack == "forged":  # the other job's state, sealed for the victim without the key
+            state, ticks = open_checkpoint(foreign, _identity_of(foreign), isettings.platform_key())
+            payload = seal_checkpoint(state, _identity_of(store.get_bytes(named)), ticks,
+                                      os.urandom(32))
+        store.put_bytes(named, payload)
+        swapped.append(named)
+        os.killpg(workers[-1].pid, signal.SIGKILL)
+        workers.append(spawn_worker(isettings, tmp_path / f"w-{attack}.log"))
     result = await asyncio.wait_for(handle.result(), 240)
     assert result.result_hash == reference
-    discarded = events(isettings, victim.job_id, "checkpoint_discarded")
-    assert discarded and any(e.get("checkpoint_key") == named for e in discarded), discarded
-    why = discarded[-1]["message"]
-    assert ("another run" in why and "spec" in why) if swap == "foreign" else "signature" in why
+    discarded = {e.get("checkpoint_key"): e["message"]
+                 for e in events(isettings, victim.job_id, "checkpoint_discarded")}
+    assert "another run" in discarded[swapped[0]] and "spec" in discarded[swapped[0]], discarded
+    assert "signature" in discarded[swapped[1]], discarded
     manifest = jobs.download_results(isettings, victim.job_id, tmp_path / "out")
     assert manifest["result_hash"] == reference
-    await record_history(client, victim.job_id, f"v2_checkpoint_{swap}_refused")
+    await record_history(client, victim.job_id, "v2_checkpoints_refused")
 
 
 def _identity_of(sealed: bytes) -> dict[str, Any]:
@@ -320,52 +332,60 @@ async def _async(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------ 5. recovery in seconds
-@pytest.mark.parametrize("stage", ["warm_cache", "run_backtest", "publish_results"])
 async def test_a_lost_worker_is_replaced_within_seconds_in_every_stage(
-        isettings: Settings, workers: list, tmp_path: Path, stage: str) -> None:
+        isettings: Settings, workers: list, tmp_path: Path) -> None:
     """Before: 92 s during a run, 122 s during warm_cache, 10 min during publish_results.
 
-    Recovery = from the SIGKILL to the stage starting again on the second worker (its
-    ``*_started`` event). The issue's target is < 20 s; the assertion
-    leaves room for a loaded CI machine, `make chaos` prints the measured figures.
+    One job, three SIGKILLs: in warm_cache, in run_backtest (after a checkpoint) and in
+    publish_results (fault injection keeps a worker inside warm/publish for 20 s). Recovery =
+    from the SIGKILL to the stage starting again on the next worker (its ``*_started`` event).
+    The issue's target is < 20 s; the assertion leaves room for a loaded CI machine, and
+    `make chaos` prints the measured figures.
     """
     client = await jobs.connect(isettings)
-    delay = {"warm_cache": "warm_cache=20", "publish_results": "publish_results=20"}.get(stage)
-    first = isettings.model_copy(update={"fault_delay": delay})
-    workers.append(spawn_worker(first, tmp_path / "w1.log"))
     spec = busy_spec(isettings, every=500)
     reference = result_hash(run_local(spec, isettings.model_copy(
         update={"cache_dir": tmp_path / "ref"})))
+
+    def worker(fault: str | None, name: str) -> None:
+        workers.append(spawn_worker(isettings.model_copy(update={"fault_delay": fault}),
+                                    tmp_path / f"{name}.log"))
+
+    worker("warm_cache=20", "w1")
     job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.2, **FAST))
     handle = await jobs.submit(client, isettings, job)
+    recovery: dict[str, float] = {}
+    plan = [("warm_cache", "warm_started", "publish_results=20"),
+            ("run_backtest", "run_started", "publish_results=20"),
+            ("publish_results", "publish_started", None)]
+    killed = 0.0
+    for stage, began, next_fault in plan:
+        async def inside(began: str = began, since: float = killed, stage: str = stage) -> bool:
+            if not [e for e in events(isettings, job.job_id, began) if e["ts"] > since]:
+                return False
+            return stage != "run_backtest" or await _has_checkpoint(client, job.job_id)
 
-    began = {"warm_cache": "warm_started", "run_backtest": "run_started",
-             "publish_results": "publish_started"}[stage]
-
-    async def inside() -> bool:
-        if not events(isettings, job.job_id, began):
-            return False
-        return stage != "run_backtest" or await _has_checkpoint(client, job.job_id)
-
-    await wait_for(inside, 120, 0.1)
-    if stage != "run_backtest":
-        await asyncio.sleep(1.0)  # well inside the (delayed) activity
-    killed = time.time()
-    os.killpg(workers[0].pid, signal.SIGKILL)
-    workers.append(spawn_worker(isettings, tmp_path / "w2.log"))
+        await wait_for(inside, 120, 0.1)
+        if stage != "run_backtest":
+            await asyncio.sleep(1.0)  # well inside the (delayed) activity
+        killed = time.time()
+        os.killpg(workers[-1].pid, signal.SIGKILL)
+        worker(next_fault, f"after-{stage}")
+        await wait_for(lambda began=began, killed=killed: _async(
+            [e for e in events(isettings, job.job_id, began) if e["ts"] > killed]), 120, 0.2)
+        again = [e["ts"] for e in events(isettings, job.job_id, began) if e["ts"] > killed]
+        recovery[stage] = again[0] - killed
     result = await asyncio.wait_for(handle.result(), 240)
     assert result.result_hash == reference
-    again = [e["ts"] for e in events(isettings, job.job_id, began) if e["ts"] > killed]
-    recovery = again[0] - killed
-    print(f"recovery after SIGKILL in {stage}: {recovery:.1f} s")
-    assert recovery < 30, recovery
-    await record_history(client, job.job_id, f"v2_killed_in_{stage}")
+    print("recovery after SIGKILL: " + ", ".join(f"{k} {v:.1f} s" for k, v in recovery.items()))
+    assert all(v < 30 for v in recovery.values()), recovery
+    await record_history(client, job.job_id, "v2_killed_in_every_stage")
 
 
 # ------------------------------------------------------------------ 4. object-store outage
 async def test_an_object_store_outage_mid_run_is_waited_out(
         isettings: Settings, temporal_address: str, workers: list, tmp_path: Path) -> None:
-    """S3 stops for 25 s after the first checkpoint, then comes back on the same port; the job
+    """S3 stops for 15 s after the first checkpoint, then comes back on the same port; the job
     finishes with the uninterrupted run's hash. (Before, a 5-minute outage failed the job for
     good; `make chaos` runs the 15-minute outage, too long for this suite.)"""
     from tickreplay.data.generate import generate
@@ -390,7 +410,7 @@ async def test_an_object_store_outage_mid_run_is_waited_out(
         await wait_for(lambda: _has_checkpoint(client, job.job_id), 120, 0.1)
         port = s3.ports["s3.port"]
         s3.stop(grace=0)
-        await asyncio.sleep(25)
+        await asyncio.sleep(15)
         s3 = SeaweedFS.start(tmp_path / "s3", s3_port=port, access_key="outage",
                              secret_key="outage-secret-0123", die_with_parent=True)
         result = await asyncio.wait_for(handle.result(), 300)
