@@ -119,11 +119,13 @@ async def test_a_checkpoint_of_another_run_or_without_the_key_is_refused(
 
     victim = jobs.prepare(victim_spec, options=JobOptions(checkpoint_every_s=0.2, **FAST))
     handle = await jobs.submit(client, isettings, victim)
-    swapped = []
+    swapped: list[str] = []
+    overwritten: set[str] = set()
     for attack in ("foreign", "forged"):
         async def checkpoint_after_swap() -> bool:
             hb = await server_heartbeat(client, victim.job_id)
-            return bool(hb and hb.get("checkpoint_key") and hb["checkpoint_key"] not in swapped)
+            return bool(hb and hb.get("checkpoint_key")
+                        and hb["checkpoint_key"] not in overwritten)
 
         await wait_for(checkpoint_after_swap, 120, 0.05)
         named = (await server_heartbeat(client, victim.job_id))["checkpoint_key"]
@@ -132,14 +134,18 @@ async def test_a_checkpoint_of_another_run_or_without_the_key_is_refused(
             state, ticks = open_checkpoint(foreign, _identity_of(foreign), isettings.platform_key())
             payload = seal_checkpoint(state, _identity_of(store.get_bytes(named)), ticks,
                                       os.urandom(32))
-        store.put_bytes(named, payload)
+        # Every checkpoint of the victim, not just the named one: a resume may try the newest.
+        for obj in store.list(f"checkpoints/{victim.job_id}/"):
+            store.put_bytes(obj.key, payload)
+            overwritten.add(obj.key)
         swapped.append(named)
         os.killpg(workers[-1].pid, signal.SIGKILL)
         workers.append(spawn_worker(isettings, tmp_path / f"w-{attack}.log"))
     result = await asyncio.wait_for(handle.result(), 240)
     assert result.result_hash == reference
-    discarded = {e.get("checkpoint_key"): e["message"]
-                 for e in events(isettings, victim.job_id, "checkpoint_discarded")}
+    discarded: dict[str, str] = {}
+    for e in events(isettings, victim.job_id, "checkpoint_discarded"):
+        discarded[e.get("checkpoint_key")] = discarded.get(e.get("checkpoint_key"), "") + e["message"]
     assert "another run" in discarded[swapped[0]] and "spec" in discarded[swapped[0]], discarded
     assert "signature" in discarded[swapped[1]], discarded
     manifest = jobs.download_results(isettings, victim.job_id, tmp_path / "out")

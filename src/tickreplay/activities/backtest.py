@@ -355,19 +355,24 @@ class BacktestActivities:
         except DataError as e:
             raise ApplicationError(str(e), type=t.DATA_ERROR, non_retryable=True) from None
         ckpt_file = None
-        if state["checkpoint_key"]:
-            key = state["checkpoint_key"]
+        for key in self._resume_candidates(inp.job_id, state["checkpoint_key"]):
             try:
-                sealed = self._retry(lambda: artifacts.get_bytes(key), "read checkpoint")
+                sealed = self._retry(lambda key=key: artifacts.get_bytes(key), "read checkpoint")
                 blob, ticks = open_checkpoint(sealed, run_identity(inp), self.key)
-                ckpt_file = workdir / "resume.ckpt"
-                ckpt_file.write_bytes(blob)
-                state.update(ticks_done=ticks, progress=ticks)
             except (IntegrityError, FileNotFoundError) as e:
                 activity.logger.warning("checkpoint %s refused: %s", key, e)
                 self._event(inp.job_id, "checkpoint_discarded", checkpoint_key=key,
-                            message=f"checkpoint refused ({e}); starting from the first tick")
-                state.update(checkpoint_key=None, ticks_done=0, progress=0)
+                            message=f"checkpoint refused ({e})")
+                continue
+            ckpt_file = workdir / "resume.ckpt"
+            ckpt_file.write_bytes(blob)
+            state.update(checkpoint_key=key, ticks_done=ticks, progress=ticks)
+            break
+        else:
+            if state["checkpoint_key"]:
+                self._event(inp.job_id, "checkpoint_discarded", checkpoint_key=None,
+                            message="no usable checkpoint; starting from the first tick")
+            state.update(checkpoint_key=None, ticks_done=0, progress=0)
         return {
             "job_id": inp.job_id, "spec": inp.spec, "bundle": raw.decode(),
             "strategy_digest": inp.strategy.digest, "plan": plan.to_dict(),
@@ -377,6 +382,23 @@ class BacktestActivities:
             "resumed_from": state["ticks_done"], "workdir": str(workdir),
             "memory_mb": self.settings.run_memory_mb,
         }
+
+    def _resume_candidates(self, job_id: str, named: str | None, newest: int = 3) -> list[str]:
+        """Checkpoints to try, newest first: the newest stored ones and the heartbeat's.
+
+        Why not only the heartbeat's: while Temporal is unreachable a run keeps checkpointing
+        to the object store but cannot heartbeat, so the server's last heartbeat can be far
+        behind; every candidate must still pass the seal and identity check to be used.
+        """
+        keys: list[str] = []
+        try:
+            stored = self._artifacts().list(f"checkpoints/{job_id}/")
+            keys = [o.key for o in stored if o.key.endswith(".ckpt")][-newest:]
+        except Exception:  # noqa: BLE001 - listing is an optimisation; the heartbeat's key remains
+            activity.logger.warning("could not list checkpoints of %s", job_id, exc_info=True)
+        if named and named not in keys:
+            keys.append(named)
+        return sorted(keys, key=lambda k: k.rsplit("/", 1)[-1], reverse=True)
 
     async def _drive(self, inp: t.RunInput, runner: Any, state: dict[str, Any]) -> t.RunOutput:
         """Follow the runner's messages until it is done, fails, stalls, or the worker stops."""
