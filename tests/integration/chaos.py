@@ -15,8 +15,9 @@ Scenarios (``--scenarios``, default all):
 - ``publish``: the worker is SIGKILLed inside ``publish_results`` (as for ``warm``).
 - ``runner``: only the runner's process group is SIGKILLed (host pid from the
   ``runner_started`` event); the worker lives and the workflow retries from a checkpoint.
-- ``foreign``: the checkpoint the run's heartbeat names is overwritten with a valid sealed
-  checkpoint of ANOTHER job (same strategy and data, other params), then the worker is
+- ``foreign``: the checkpoint the run's heartbeat names (and then every other checkpoint of
+  the job, since a resume also tries the newest stored ones) is overwritten with a valid
+  sealed checkpoint of ANOTHER job (same strategy and data, other params), then the worker is
   SIGKILLed. Passing also needs a ``checkpoint_discarded`` event: the run must have refused
   it and restarted from the first tick.
 - ``temporal``: the Temporal dev server is SIGKILLed after the run's first checkpoint, kept
@@ -579,13 +580,13 @@ class Chaos:
             store.put_bytes(swapped[0], foreign)
             victim = str(hb["node"])
             killed = nodes.kill(victim)
-            # A heartbeat in flight at the kill may name a newer checkpoint: swap that one too.
+            # A resume tries the newest stored checkpoints too (not only the heartbeat's), so
+            # the attacker overwrites every checkpoint of the job, as bucket write access allows.
             await asyncio.sleep(1.5)
-            final = await self.snapshot(job.job_id)
-            last = ((final.act("run_backtest") if final else None) or Act("", 0, 0, 0, 0, "", {}))
-            if (k := (last.details or {}).get("checkpoint_key")) and k not in swapped:
-                store.put_bytes(k, foreign)
-                swapped.append(k)
+            for obj in store.list(f"checkpoints/{job.job_id}/"):
+                if obj.key not in swapped:
+                    store.put_bytes(obj.key, foreign)
+                    swapped.append(obj.key)
             ok, info = await self.finish(job, self.expected["short"], CLOSED_WAIT_S)
             evs = await self.events(job.job_id)
             self.measure(out, job, killed, restart="run_backtest", events=evs,
