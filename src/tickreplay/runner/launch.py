@@ -74,13 +74,33 @@ def runner_command(settings: Settings, workdir: Path, fd: int) -> list[str]:
     home = settings.home.resolve()
     cache = settings.resolved_cache_dir().resolve()
     cache.mkdir(parents=True, exist_ok=True)
+    hidden = [Path("/tmp"), home]
     argv = ["bwrap", "--die-with-parent", "--unshare-all", "--new-session",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--tmpfs", str(home),  # hides signing.key and the stack's state
-            "--ro-bind", str(cache), str(cache),  # partitions: read-only
-            "--bind", str(workdir), str(workdir),  # the one writable place
-            "--chdir", str(workdir), "--", *child]
+            "--tmpfs", str(home)]  # hides signing.key and the stack's state
+    # The interpreter and the code it imports stay visible even when they live under a
+    # hidden directory (a checkout or venv in /tmp, say): read-only.
+    for path in _code_paths(keep_hidden=home):
+        if any(path.is_relative_to(h) for h in hidden):
+            argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--ro-bind", str(cache), str(cache),  # partitions: read-only
+             "--bind", str(workdir), str(workdir),  # the one writable place
+             "--chdir", str(workdir), "--", *child]
     return argv
+
+
+def _code_paths(keep_hidden: Path) -> list[Path]:
+    """Directories the runner's Python needs: prefixes and import path entries, except any
+    that contains ``keep_hidden`` (binding it would expose the state dir again)."""
+    import tickreplay
+
+    found = {Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
+             Path(tickreplay.__file__).resolve().parents[1]}
+    found |= {Path(p) for p in sys.path if p and Path(p).is_dir()}
+    out = sorted({p.resolve() for p in found if p.exists()}, key=lambda p: len(p.parts))
+    out = [p for p in out if not keep_hidden.is_relative_to(p)]
+    # Drop paths inside another one already bound (binding the outer one suffices).
+    return [p for i, p in enumerate(out) if not any(p.is_relative_to(q) for q in out[:i])]
 
 
 def runner_env(workdir: Path) -> dict[str, str]:
