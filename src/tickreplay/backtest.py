@@ -148,6 +148,10 @@ def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
             yield value
     finally:
         stop.set()
+        # Never leave the reader inside pyarrow when the caller is done (or failed): a process
+        # exiting with that thread mid-read aborts ("terminate called without an active
+        # exception") after the real error was printed.
+        thread.join(timeout=10)
 
 
 def simulate(
@@ -197,6 +201,19 @@ def simulate(
         counters["checkpoints"] += 1
         counters["checkpoint_s"] += time.perf_counter() - started
 
+    try:
+        return _drive(engine, stream, probe, on_progress, on_checkpoint, should_stop,
+                      take_checkpoint, ticks_total, checkpoint_every_s)
+    finally:
+        stream.close()  # stops and joins the prefetch thread at once, also on errors
+
+
+def _drive(engine: Engine, stream: Iterator[Any], probe: RunProbe | None,
+           on_progress: Callable[[Progress], None] | None,
+           on_checkpoint: Callable[[bytes, int], None] | None,
+           should_stop: Callable[[], bool] | None, take_checkpoint: Callable[[], None],
+           ticks_total: int, checkpoint_every_s: float) -> EngineResult:
+    """The feed loop of :func:`simulate`: chunks in, progress/checkpoint/stop hooks between."""
     t0 = last_ckpt = time.monotonic()
     for chunk in stream:
         if probe is not None:
