@@ -42,7 +42,7 @@ chaos: setup
 	  --temporal-down-s $(or $(TEMPORAL_DOWN_S),60) --scenarios $(or $(SCENARIOS),all)
 
 demo: setup
-	$(PY) -m tickreplay.demo
+	$(PY) -m tickreplay.cli.demo
 
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks

@@ -33,7 +33,7 @@ def _settings():
 def ensure_data() -> None:
     """Generate the catalog once (20 weekdays of one symbol)."""
     from tickreplay.data.generate import generate
-    from tickreplay.data.store import open_store
+    from tickreplay.data.objectstore import open_store
 
     marker = DATA / f"ready-{TICKS_PER_DAY}"
     if marker.exists():
@@ -44,10 +44,10 @@ def ensure_data() -> None:
 
 
 def _plan(end: str):
-    from tickreplay.backtest import count_ticks, fetch_plan
     from tickreplay.data.cache import PartitionCache
     from tickreplay.data.catalog import plan_data
-    from tickreplay.data.store import open_store
+    from tickreplay.data.objectstore import open_store
+    from tickreplay.runner.driver import count_ticks, fetch_plan
 
     s = _settings()
     store = open_store(DATA / "catalog")
@@ -58,8 +58,8 @@ def _plan(end: str):
 
 def case(name: str, end: str) -> dict:
     """Run one case in this process; returns ticks, seconds and peak RSS."""
-    from tickreplay.backtest import simulate
     from tickreplay.engine.config import Commission, RunConfig
+    from tickreplay.runner.driver import simulate
     from tickreplay.strategy.loader import bundle_from_spec
 
     plan, paths, total = _plan(end)

@@ -26,16 +26,16 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from wfkit import spawn_worker, stop_process
 
-from tickreplay import jobs
-from tickreplay.backtest import count_ticks, fetch_plan, run_local, simulate, validated_params
 from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import plan_data
 from tickreplay.data.generate import generate
-from tickreplay.data.store import S3Store, open_store
+from tickreplay.data.objectstore import S3Store, open_store
+from tickreplay.jobs import client as jobs
 from tickreplay.results import write_results
-from tickreplay.services import SeaweedFS, TemporalDevServer
+from tickreplay.runner.driver import count_ticks, fetch_plan, run_local, simulate, validated_params
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
+from tickreplay.stack.services import SeaweedFS, TemporalDevServer
 from tickreplay.strategy.loader import bundle_from_spec
 
 REPEAT = 3

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tickreplay.data.store import S3Store
-from tickreplay.services import SeaweedFS, TemporalDevServer
+from tickreplay.data.objectstore import S3Store
 from tickreplay.settings import Settings
+from tickreplay.stack.services import SeaweedFS, TemporalDevServer
 
 
 @pytest.fixture(scope="session")

@@ -75,15 +75,15 @@ from temporalio.client import Client, RetryConfig
 from wfkit import EXAMPLES, stop_process, wait_for
 
 import tickreplay
-from tickreplay import jobs
-from tickreplay.backtest import run_local
 from tickreplay.data.generate import generate
-from tickreplay.data.store import S3Store
+from tickreplay.data.objectstore import S3Store
+from tickreplay.jobs import client as jobs
 from tickreplay.results import result_hash
 from tickreplay.runner.child import die_with_parent
-from tickreplay.services import SeaweedFS, TemporalDevServer
+from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
+from tickreplay.stack.services import SeaweedFS, TemporalDevServer
 from tickreplay.workflows.types import JobOptions, JobResult
 
 ACCESS, SECRET = "chaos", "chaos-secret-key"

@@ -11,8 +11,8 @@ import pytest
 from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import plan_data
 from tickreplay.data.errors import CorruptDataError
+from tickreplay.data.objectstore import S3Store, open_store
 from tickreplay.data.schema import partition_key
-from tickreplay.data.store import S3Store, open_store
 from tickreplay.settings import Settings
 
 pytestmark = pytest.mark.integration

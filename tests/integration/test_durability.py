@@ -29,10 +29,10 @@ from wfkit import (
     wait_for,
 )
 
-from tickreplay import jobs
-from tickreplay.backtest import run_local
-from tickreplay.data.store import S3Store
+from tickreplay.data.objectstore import S3Store
+from tickreplay.jobs import client as jobs
 from tickreplay.results import result_hash
+from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.workflows.types import JobOptions, SweepInput

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tickreplay.data.store import S3Store
+from tickreplay.data.objectstore import S3Store
 from tickreplay.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -61,7 +61,7 @@ def _keys(store: S3Store) -> set[str]:
 
 def test_clean_job_removes_only_that_jobs_checkpoints_and_staging(
         s3_server: Settings, temporal_address: str) -> None:
-    from tickreplay.garbage import CleanStats, clean_job
+    from tickreplay.results.garbage import CleanStats, clean_job
 
     s = _settings(s3_server, temporal_address)
     artifacts = S3Store(s.artifacts_bucket, settings=s)

@@ -33,14 +33,14 @@ from wfkit import (
     wait_for,
 )
 
-from tickreplay import jobs
-from tickreplay.backtest import run_local
-from tickreplay.data.store import S3Store
+from tickreplay.data.objectstore import S3Store
 from tickreplay.integrity import open_checkpoint, seal_checkpoint
+from tickreplay.jobs import client as jobs
 from tickreplay.results import ResultsError, result_hash
-from tickreplay.services import SeaweedFS
+from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
+from tickreplay.stack.services import SeaweedFS
 from tickreplay.workflows.types import JobOptions
 
 pytestmark = pytest.mark.integration

@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from tickreplay.backtest import fetch_plan, run_local
 from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import plan_data
 from tickreplay.data.generate import generate
-from tickreplay.data.store import LocalStore
+from tickreplay.data.objectstore import LocalStore
 from tickreplay.results import load_results, result_hash
-from tickreplay.runner.launch import RunnerPool, sandbox_mode
+from tickreplay.runner.driver import fetch_plan, run_local
+from tickreplay.runner.pool import RunnerPool, sandbox_mode
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.strategy.loader import bundle_from_spec, load_strategy

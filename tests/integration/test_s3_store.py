@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 
+from tickreplay.data.objectstore import ObjectExistsError, S3Store, open_store
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS
-from tickreplay.data.store import ObjectExistsError, S3Store, open_store
-from tickreplay.services import SeaweedFS
 from tickreplay.settings import Settings
+from tickreplay.stack.services import SeaweedFS
 
 pytestmark = pytest.mark.integration
 

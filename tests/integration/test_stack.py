@@ -16,13 +16,12 @@ from pathlib import Path
 import boto3
 import psutil
 import pytest
-import typer
 from typer.testing import CliRunner
 
-from tickreplay import stack
-from tickreplay.cli_stack import register
-from tickreplay.services import free_port
+from tickreplay.cli import app
 from tickreplay.settings import Settings
+from tickreplay.stack import control as stack
+from tickreplay.stack.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -80,8 +79,6 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
-    app = typer.Typer()
-    register(app)
     runner = CliRunner()
     ports = _ports()
     args = ["--state-dir", str(state_dir), "--temporal-port", str(ports["temporal_port"]),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tickreplay import stack
-from tickreplay.services import free_port
+from tickreplay.stack import control as stack
+from tickreplay.stack.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

@@ -10,9 +10,9 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from wfkit import EXAMPLES, isolated_settings, record_history
 
-from tickreplay import jobs
-from tickreplay.backtest import run_local
+from tickreplay.jobs import client as jobs
 from tickreplay.results import result_hash
+from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.workers.main import run_worker

@@ -76,7 +76,7 @@ def isolated_settings(base: Settings, temporal_address: str, cache_dir: Path, sy
     import uuid
 
     from tickreplay.data.generate import generate
-    from tickreplay.data.store import S3Store
+    from tickreplay.data.objectstore import S3Store
 
     tag = uuid.uuid4().hex[:8]
     s = base.model_copy(update={

@@ -17,8 +17,8 @@ import pytest
 from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import Partition
 from tickreplay.data.errors import CorruptDataError
+from tickreplay.data.objectstore import LocalStore
 from tickreplay.data.schema import partition_key
-from tickreplay.data.store import LocalStore
 
 
 def _put(store: LocalStore, symbol: str, date: str, data: bytes) -> Partition:

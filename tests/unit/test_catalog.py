@@ -12,8 +12,8 @@ import pytest
 
 from tickreplay.data.catalog import DataPlan, list_partitions, plan_data
 from tickreplay.data.errors import EmptyPlanError
+from tickreplay.data.objectstore import LocalStore, ObjectInfo
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS, partition_key, schema_for
-from tickreplay.data.store import LocalStore, ObjectInfo
 
 DAYS = ["2024-01-02", "2024-01-03", "2024-01-04"]
 

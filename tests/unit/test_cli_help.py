@@ -16,7 +16,6 @@ from tickreplay import cli
 
 
 def _command_paths() -> list[list[str]]:
-    cli._register_subcommands()
     root = typer.main.get_command(cli.app)
     paths: list[list[str]] = []
 

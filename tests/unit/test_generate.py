@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tickreplay.data.generate import generate, session_bounds_ns
-from tickreplay.data.store import LocalStore
+from tickreplay.data.objectstore import LocalStore
 
 NY = ZoneInfo("America/New_York")
 

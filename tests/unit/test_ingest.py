@@ -11,7 +11,7 @@ import pytest
 
 from tickreplay.data.errors import DataError
 from tickreplay.data.ingest import IngestError, ingest
-from tickreplay.data.store import LocalStore, sha256_file
+from tickreplay.data.objectstore import LocalStore, sha256_file
 from tickreplay.data.stream import open_partition
 
 # 2024-01-02 14:30:00 UTC (09:30 in New York, EST) in ns

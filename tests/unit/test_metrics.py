@@ -1,6 +1,6 @@
 """Metrics against an independent implementation written here with plain loops and `statistics`.
 
-The reference below deliberately shares no code with tickreplay.metrics: if both agree on
+The reference below deliberately shares no code with tickreplay.results.metrics: if both agree on
 hypothesis-generated curves, a convention slip in either would have to be made twice.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tickreplay.metrics import ZERO_STD, compute
+from tickreplay.results.metrics import ZERO_STD, compute
 
 REL = 1e-9
 

@@ -11,8 +11,8 @@ import pytest
 
 from tickreplay.data.errors import DataError
 from tickreplay.data.generate import generate
+from tickreplay.data.objectstore import LocalStore
 from tickreplay.data.query import query
-from tickreplay.data.store import LocalStore
 from tickreplay.settings import Settings
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tickreplay.data.store import LocalStore
+from tickreplay.data.objectstore import LocalStore
 from tickreplay.results import (
     ResultConflictError,
     ResultsError,
@@ -261,7 +261,7 @@ def test_file_edited_together_with_its_manifest_entry_is_caught_by_the_hash(tmp_
     metrics["sharpe"] = 9.99
     (tmp_path / "metrics.json").write_text(json.dumps(metrics))
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    from tickreplay.data.store import sha256_file
+    from tickreplay.data.objectstore import sha256_file
 
     manifest["files"]["metrics.json"] = {
         "sha256": sha256_file(tmp_path / "metrics.json"),

@@ -68,10 +68,10 @@ def test_the_key_file_is_created_once_private_and_shared(tmp_path: Path) -> None
 @pytest.fixture
 def result_dir(tmp_path: Path) -> Path:
     """A real result directory written by the local engine path."""
-    from tickreplay.backtest import run_local
     from tickreplay.data.generate import generate
-    from tickreplay.data.store import LocalStore
+    from tickreplay.data.objectstore import LocalStore
     from tickreplay.results import write_results
+    from tickreplay.runner.driver import run_local
     from tickreplay.settings import Settings
     from tickreplay.spec import BacktestSpec
 

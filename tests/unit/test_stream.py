@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from tickreplay.data.catalog import DataPlan, Partition, fingerprint
 from tickreplay.data.errors import CorruptDataError, DataError
 from tickreplay.data.generate import generate
+from tickreplay.data.objectstore import LocalStore, sha256_file
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS, partition_key, schema_for
-from tickreplay.data.store import LocalStore, sha256_file
 from tickreplay.data.stream import open_partition, open_tick_stream
 
 DATES = ("2024-01-02", "2024-01-03", "2024-01-04")

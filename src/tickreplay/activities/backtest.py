@@ -110,7 +110,7 @@ class BacktestActivities:
 
     # ------------------------------------------------------------------ helpers
     def _artifacts(self) -> Any:
-        from tickreplay.data.store import open_store
+        from tickreplay.data.objectstore import open_store
 
         return open_store(f"s3://{self.settings.artifacts_bucket}", self.settings)
 
@@ -140,7 +140,7 @@ class BacktestActivities:
     @activity.defn(name="resolve_strategy")
     def resolve_strategy(self, inp: t.ResolveInput) -> t.StrategyRef:
         """Store the strategy bundle content-addressed; its sha256 digest names it for good."""
-        from tickreplay.data.store import ObjectExistsError
+        from tickreplay.data.objectstore import ObjectExistsError
         from tickreplay.strategy.loader import StrategyBundle
 
         try:
@@ -172,7 +172,7 @@ class BacktestActivities:
         """Partitions + fingerprint, stored as JSON; an empty plan is a non-retryable error."""
         from tickreplay.data.catalog import plan_data
         from tickreplay.data.errors import EmptyPlanError
-        from tickreplay.data.store import open_store
+        from tickreplay.data.objectstore import open_store
         from tickreplay.spec import BacktestSpec, SpecError
 
         try:
@@ -201,9 +201,9 @@ class BacktestActivities:
         itself and the reason, before downloading anything; the workflow then places the run
         on another node. So does a node the workflow already found unhealthy.
         """
-        from tickreplay.backtest import count_ticks, fetch_plan
         from tickreplay.data.errors import DataError
-        from tickreplay.data.store import open_store
+        from tickreplay.data.objectstore import open_store
+        from tickreplay.runner.driver import count_ticks, fetch_plan
 
         self._event(inp.job_id, "warm_started", attempt=activity.info().attempt)
         if self.node in (inp.avoid_nodes or []):
@@ -242,7 +242,7 @@ class BacktestActivities:
         under the staging prefix never reach the result. After the commit, the job's
         checkpoints and staging objects are removed (results are never touched).
         """
-        from tickreplay.data.store import S3Store
+        from tickreplay.data.objectstore import S3Store
         from tickreplay.results import ResultConflictError, ResultsError, publish_results
         from tickreplay.results.files import MANIFEST, read_manifest
 
@@ -280,7 +280,7 @@ class BacktestActivities:
     def _clean_up(self, job_id: str) -> None:
         """Remove the finished job's checkpoints and staging objects (best effort)."""
         try:
-            from tickreplay.garbage import clean_job
+            from tickreplay.results.garbage import clean_job
 
             stats = clean_job(self._artifacts(), job_id)
             self._event(job_id, "cleaned_up", **{k: v for k, v in vars(stats).items()
@@ -292,7 +292,7 @@ class BacktestActivities:
     @activity.defn(name="run_backtest")
     async def run_backtest(self, inp: t.RunInput) -> t.RunOutput:
         """Run the engine in a sandboxed runner; seal and heartbeat its checkpoints; resume."""
-        from tickreplay.runner.launch import RunnerPool
+        from tickreplay.runner.pool import RunnerPool
 
         info = activity.info()
         resume = inp.resume
@@ -335,10 +335,10 @@ class BacktestActivities:
     def _prepare_run(self, inp: t.RunInput, state: dict[str, Any], workdir: Path
                      ) -> dict[str, Any]:
         """Everything the runner reads, as local files; the checkpoint is checked here."""
-        from tickreplay.backtest import fetch_plan
         from tickreplay.data.errors import DataError
-        from tickreplay.data.store import open_store
+        from tickreplay.data.objectstore import open_store
         from tickreplay.integrity import IntegrityError, open_checkpoint
+        from tickreplay.runner.driver import fetch_plan
         from tickreplay.strategy.loader import StrategyBundle
 
         artifacts = self._artifacts()

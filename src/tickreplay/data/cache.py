@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tickreplay.data.catalog import Partition
 from tickreplay.data.errors import CorruptDataError
-from tickreplay.data.store import ObjectStore, sha256_file
+from tickreplay.data.objectstore import ObjectStore, sha256_file
 
 log = logging.getLogger(__name__)
 

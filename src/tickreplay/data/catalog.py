@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from tickreplay.data.errors import EmptyPlanError
+from tickreplay.data.objectstore import ObjectInfo, ObjectStore, sha256_file
 from tickreplay.data.schema import parse_partition_key, validate_symbol
-from tickreplay.data.store import ObjectInfo, ObjectStore, sha256_file
 
 # HEAD requests are latency-bound; a few in flight make planning thousands of S3 partitions
 # take seconds instead of minutes, without hammering a small server.

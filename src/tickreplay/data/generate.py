@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tickreplay.data.catalog import Partition
+from tickreplay.data.objectstore import ObjectStore
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS, partition_key, schema_for, validate_symbol
-from tickreplay.data.store import ObjectStore
 
 NEW_YORK = ZoneInfo("America/New_York")
 SESSION_OPEN = dt.time(9, 30)

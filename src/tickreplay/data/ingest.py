@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 from tickreplay.data.catalog import Partition
 from tickreplay.data.errors import DataError
 from tickreplay.data.generate import table_to_parquet_bytes
+from tickreplay.data.objectstore import ObjectStore
 from tickreplay.data.schema import TICK_FIELDS, partition_key, schema_for, validate_symbol
-from tickreplay.data.store import ObjectStore
 
 TsUnit = Literal["ns", "us", "ms", "s", "auto"]
 

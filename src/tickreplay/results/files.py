@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tickreplay.data.objectstore import ObjectExistsError, ObjectStore, sha256_file
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS
-from tickreplay.data.store import ObjectExistsError, ObjectStore, sha256_file
 from tickreplay.integrity import IntegrityError, check_manifest_signature, sign_manifest
 from tickreplay.results.canonical import canonical_json, result_hash
 from tickreplay.results.model import ResultSet

@@ -15,7 +15,7 @@ class ResultSet:
     Attributes:
         trades: One row per fill (ts, symbol, qty, price, fee, realized_pnl, is_close, ...).
         equity: One row per trading day: ``date`` (YYYY-MM-DD string), ``equity``, ``cash``, ...
-        metrics: Output of :func:`tickreplay.metrics.compute`.
+        metrics: Output of :func:`tickreplay.results.metrics.compute`.
         logs: Strategy log records in emission order: ``ts`` (simulated ns), ``level``, ``msg``
             and the user's fields. Deterministic, so they are part of the hash.
         inputs: What the result is a function of: strategy digest, data fingerprint, params,

@@ -115,7 +115,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
     """Execute one job description (local files only); returns the exit code."""
-    from tickreplay.backtest import (
+    from tickreplay.data.catalog import DataPlan
+    from tickreplay.results import write_results
+    from tickreplay.runner.driver import (
         RunProbe,
         StopRequested,
         inputs_of,
@@ -123,8 +125,6 @@ def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
         to_resultset,
         validated_params,
     )
-    from tickreplay.data.catalog import DataPlan
-    from tickreplay.results import write_results
     from tickreplay.spec import BacktestSpec
     from tickreplay.strategy.loader import StrategyBundle
 
@@ -187,8 +187,8 @@ def preload() -> None:
     Workers keep one runner process spawned ahead of need; with the imports (pyarrow, pandas:
     ~0.5 s) already done, a job starts in milliseconds.
     """
-    import tickreplay.backtest
     import tickreplay.results
+    import tickreplay.runner.driver
     import tickreplay.spec  # noqa: F401
 
 

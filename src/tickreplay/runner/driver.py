@@ -20,12 +20,12 @@ import tickreplay
 from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import DataPlan, Partition, plan_data
 from tickreplay.data.errors import DataError
-from tickreplay.data.store import ObjectStore, open_store
+from tickreplay.data.objectstore import ObjectStore, open_store
 from tickreplay.data.stream import check_partition, open_tick_stream
 from tickreplay.engine.config import RunConfig
 from tickreplay.engine.core import ENGINE_VERSION, Engine, EngineResult
-from tickreplay.metrics import compute
 from tickreplay.results import ResultSet
+from tickreplay.results.metrics import compute
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.strategy.loader import StrategyBundle, bundle_from_spec, load_strategy

@@ -1,7 +1,6 @@
 """``tickreplay up / down / ps``: the embedded stack from the command line.
 
-Kept apart from ``cli.py`` so the stack commands can be registered on any Typer app (the
-``tickreplay`` command, or a test's app) without importing the data and run commands.
+Registered on the ``tickreplay`` app at import, like every command group.
 """
 
 from __future__ import annotations
@@ -12,13 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from tickreplay.cli.app import app, console, err
 from tickreplay.settings import Settings
-
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 StateDir = Annotated[
     Path | None,
@@ -27,13 +23,10 @@ StateDir = Annotated[
 
 
 def _state_dir(value: Path | None) -> Path:
-    if value is not None:
-        return value
-    from tickreplay.settings import Settings
-
-    return Settings().home
+    return value if value is not None else Settings.load().home
 
 
+@app.command("up")
 def up_command(
     state_dir: StateDir = None,
     temporal_port: Annotated[int | None, typer.Option(
@@ -46,7 +39,7 @@ def up_command(
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for health")] = 90.0,
 ) -> None:
     """Start the Temporal dev server, SeaweedFS and workers; return when all are healthy."""
-    from tickreplay.stack import StackError, up
+    from tickreplay.stack.control import StackError, up
 
     try:
         info = up(_state_dir(state_dir), temporal_port=temporal_port, ui_port=ui_port,
@@ -69,13 +62,14 @@ def up_command(
         console.print(f"for other commands: export TICKREPLAY_HOME={info.state_dir}")
 
 
+@app.command("down")
 def down_command(
     state_dir: StateDir = None,
     worker_grace: Annotated[float, typer.Option(
         min=0, help="Seconds workers get to checkpoint before SIGKILL")] = 60.0,
 ) -> None:
     """Stop exactly the processes `tickreplay up` started (per their PID files); data stays."""
-    from tickreplay.stack import StackError, down
+    from tickreplay.stack.control import StackError, down
 
     try:
         stopped = down(_state_dir(state_dir), worker_grace=worker_grace)
@@ -85,12 +79,13 @@ def down_command(
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
+@app.command("ps")
 def ps_command(
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON")] = False,
 ) -> None:
     """Show the stack's processes: pid, alive, endpoint, log file."""
-    from tickreplay.stack import status
+    from tickreplay.stack.control import status
 
     info = status(_state_dir(state_dir))
     if as_json:
@@ -110,9 +105,3 @@ def ps_command(
     if info.ui_url:
         console.print(f"Temporal UI: {info.ui_url}")
 
-
-def register(app: typer.Typer) -> None:
-    """Add ``up``, ``down`` and ``ps`` to ``app``."""
-    app.command("up")(up_command)
-    app.command("down")(down_command)
-    app.command("ps")(ps_command)

@@ -36,8 +36,8 @@ from typing import Any
 
 import psutil
 
-from tickreplay.services import SeaweedFS, TemporalDevServer, log_tail, port_is_free
 from tickreplay.settings import Settings
+from tickreplay.stack.services import SeaweedFS, TemporalDevServer, log_tail, port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -363,7 +363,7 @@ def _record(state_dir: Path, name: str, pid: int, ports: dict[str, int], endpoin
 
 
 def _create_buckets(settings: Settings, endpoint: str) -> None:
-    from tickreplay.data.store import S3Store
+    from tickreplay.data.objectstore import S3Store
 
     s3 = settings.model_copy(update={"s3_endpoint": endpoint})
     for bucket in (settings.data_bucket, settings.results_bucket, settings.artifacts_bucket):

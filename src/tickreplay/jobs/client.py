@@ -188,7 +188,7 @@ async def status(client: Client, job_id: str) -> dict[str, Any]:
 
 def results_store(settings: Settings) -> Any:
     """The results bucket."""
-    from tickreplay.data.store import S3Store
+    from tickreplay.data.objectstore import S3Store
 
     return S3Store(settings.results_bucket, settings=settings)
 
@@ -228,7 +228,7 @@ def download_results(settings: Settings, job_id: str, out: Path) -> dict[str, An
 
 def job_logs(settings: Settings, job_id: str) -> dict[str, Any]:
     """Events, the error (with traceback) and the strategy's log records of a job."""
-    from tickreplay.data.store import S3Store
+    from tickreplay.data.objectstore import S3Store
 
     artifacts = S3Store(settings.artifacts_bucket, settings=settings)
     events = [json.loads(artifacts.get_bytes(o.key))

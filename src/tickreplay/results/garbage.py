@@ -6,7 +6,7 @@ failed for good) they are dead weight (30 test jobs left 2.3 GB behind). Two way
 
 * :func:`clean_job` — called by the ``publish_results`` activity right after a successful
   publish, for that one job.
-* :func:`collect` — ``tickreplay gc``: every job id found under those prefixes whose workflow
+* :func:`tickreplay.jobs.gc.collect` — ``tickreplay gc``: every job id found under those prefixes whose workflow
   Temporal reports closed (or does not know) is cleaned; a running job is never touched, and a
   job whose state cannot be read is skipped, not guessed.
 
@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from temporalio.client import Client
-
-    from tickreplay.data.store import ObjectStore
+    from tickreplay.data.objectstore import ObjectStore
 
 GARBAGE_PREFIXES = ("checkpoints/", "staging/")
 
@@ -108,53 +106,3 @@ def garbage_job_ids(artifacts: ObjectStore) -> list[str]:
             if job_id:
                 ids.add(job_id)
     return sorted(ids)
-
-
-async def is_closed(client: Client, job_id: str) -> bool:
-    """True if the job's workflow has ended (any way) or Temporal does not know the id.
-
-    Raises:
-        temporalio.service.RPCError: Temporal could not say (other than "not found").
-    """
-    from temporalio.client import WorkflowExecutionStatus
-    from temporalio.service import RPCError, RPCStatusCode
-
-    try:
-        desc = await client.get_workflow_handle(job_id).describe()
-    except RPCError as e:
-        if e.status == RPCStatusCode.NOT_FOUND:
-            return True
-        raise
-    return desc.status not in (WorkflowExecutionStatus.RUNNING,
-                               WorkflowExecutionStatus.CONTINUED_AS_NEW, None)
-
-
-async def collect(artifacts: ObjectStore, client: Client, *, dry_run: bool = False) -> GcReport:
-    """Clean the checkpoints and staging objects of every closed job (``tickreplay gc``).
-
-    Args:
-        artifacts: The artifacts store.
-        client: A Temporal client of the namespace the jobs ran in; it decides what is closed.
-        dry_run: Only report what would be removed.
-
-    Returns:
-        Per job: what was removed, which jobs still run, which were skipped and why.
-    """
-    from temporalio.service import RPCError
-
-    report = GcReport(dry_run=dry_run)
-    for job_id in garbage_job_ids(artifacts):
-        try:
-            closed = await is_closed(client, job_id)
-        except RPCError as e:
-            report.skipped[job_id] = f"Temporal could not describe it: {e}"
-            continue
-        if not closed:
-            report.running.append(job_id)
-            continue
-        if dry_run:
-            report.cleaned[job_id] = sum((CleanStats(1, size) for _, size in
-                                          job_garbage(artifacts, job_id)), CleanStats())
-        else:
-            report.cleaned[job_id] = clean_job(artifacts, job_id)
-    return report

@@ -1,0 +1,17 @@
+"""The ``tickreplay`` command: data tools, local runs, durable jobs and the embedded stack.
+
+Importing this package registers every command group on ``app`` (one module per group:
+``data``, ``run``, ``jobs``, ``stack``); ``main`` is the console-script entry point.
+"""
+
+from __future__ import annotations
+
+from tickreplay.cli import data, jobs, run, stack  # noqa: F401 - registers the commands
+from tickreplay.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``tickreplay`` script."""
+    app()

@@ -1,0 +1,123 @@
+"""``tickreplay data generate / ingest / ls / query``: the tick catalog."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tickreplay.cli.app import (
+    app,
+    console,
+    fail,
+    load_settings,
+    open_catalog,
+    split_symbols,
+)
+
+data_app = typer.Typer(no_args_is_help=True, help="Generate, ingest, list and query tick data.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[str, typer.Option(help="Catalog URL: a directory, s3://bucket or s3://bucket/prefix")],
+    symbols: Annotated[str, typer.Option(help="Comma-separated symbols, e.g. AAPL,MSFT")],
+    start: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="First day")],
+    end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day")],
+    ticks_per_day: Annotated[int, typer.Option(min=1, help="Trades per symbol per day")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same bytes")] = 0,
+    quotes: Annotated[bool, typer.Option(help="Also write bid/ask columns")] = False,
+) -> None:
+    """Write deterministic synthetic trades as a partitioned Parquet catalog."""
+    from tickreplay.data.generate import generate
+
+    try:
+        parts = generate(open_catalog(out), split_symbols(symbols), start.date(), end.date(),
+                         ticks_per_day=ticks_per_day, seed=seed, quotes=quotes)
+    except ValueError as e:
+        raise fail(str(e)) from None
+    total = sum(p.size for p in parts)
+    console.print(f"wrote {len(parts)} partitions ({total / 1e6:.1f} MB) to {out}")
+
+
+@data_app.command("ingest")
+def data_ingest(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or Parquet file")],
+    symbol: Annotated[str, typer.Option(help="Symbol of every row")],
+    out: Annotated[str, typer.Option(help="Catalog URL")],
+    ts_col: Annotated[str, typer.Option(help="Timestamp column")] = "ts",
+    price_col: Annotated[str, typer.Option(help="Price column")] = "price",
+    size_col: Annotated[str, typer.Option(help="Size column")] = "size",
+    ts_unit: Annotated[str, typer.Option(help="ns|us|ms|s|auto for integer timestamps")] = "auto",
+    tz: Annotated[str, typer.Option(help="Time zone of naive datetime strings")] = "UTC",
+    column: Annotated[list[str] | None, typer.Option(
+        help="Extra column mapping SOURCE=TARGET, e.g. bid_px=bid (repeatable)")] = None,
+) -> None:
+    """Validate a file of one symbol's ticks and write it into the catalog."""
+    from tickreplay.data.errors import DataError
+    from tickreplay.data.ingest import ingest
+
+    mapping = {}
+    for m in column or []:
+        src, sep, dst = m.partition("=")
+        if not sep:
+            raise fail(f"--column expects SOURCE=TARGET, got {m!r}")
+        mapping[dst.strip()] = src.strip()  # ingest() maps catalog name -> source column
+    try:
+        parts = ingest(file, symbol, open_catalog(out), ts_col=ts_col, price_col=price_col,
+                       size_col=size_col, columns=mapping or None, ts_unit=ts_unit,  # type: ignore[arg-type]
+                       tz=tz)
+    except (DataError, ValueError) as e:
+        raise fail(str(e)) from None
+    console.print(f"ingested {file} as {symbol}: {len(parts)} partitions")
+
+
+@data_app.command("ls")
+def data_ls(url: Annotated[str, typer.Argument(help="Catalog URL")],
+            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the catalog: symbols, days and sizes."""
+    from tickreplay.data.catalog import list_partitions
+
+    parts = list_partitions(open_catalog(url))
+    if as_json:
+        console.print_json(json.dumps(
+            [{"symbol": p.symbol, "date": p.date, "key": p.key, "size": p.size} for p in parts]))
+        return
+    by_sym: dict[str, list[Any]] = {}
+    for p in parts:
+        by_sym.setdefault(p.symbol, []).append(p)
+    table = Table(title=f"{url}: {len(parts)} partitions")
+    for col in ("symbol", "days", "first", "last", "MB"):
+        table.add_column(col, justify="right" if col in ("days", "MB") else "left")
+    for sym, ps in by_sym.items():
+        table.add_row(sym, str(len(ps)), ps[0].date, ps[-1].date,
+                      f"{sum(p.size for p in ps) / 1e6:.1f}")
+    console.print(table)
+
+
+@data_app.command("query")
+def data_query(url: Annotated[str, typer.Argument(help="Catalog URL")],
+               sql: Annotated[str, typer.Argument(help="SQL over the view `ticks`")],
+               limit: Annotated[int, typer.Option(help="Rows to print")] = 50) -> None:
+    """Run DuckDB SQL over the catalog (view `ticks` with columns symbol, date, ts, price, ...)."""
+    from tickreplay.data.query import query
+
+    try:
+        result = query(url, sql, load_settings())
+    except Exception as e:  # noqa: BLE001 - DuckDB raises many types; all are user errors
+        raise fail(f"query failed: {e}") from None
+    table = Table(show_lines=False)
+    for name in result.column_names:
+        table.add_column(name)
+    for row in result.slice(0, limit).to_pylist():
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    if result.num_rows > limit:
+        console.print(f"... {result.num_rows - limit} more rows")
+
+

@@ -1,0 +1,416 @@
+"""``tickreplay submit / status / results / logs / cancel / sweep``: durable jobs on Temporal."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from tickreplay.cli import options as o
+from tickreplay.cli.app import (
+    app,
+    build_config,
+    check_symbols,
+    console,
+    err,
+    fail,
+    load_settings,
+    print_metrics,
+    progress_bar,
+)
+
+
+def _stack_settings() -> Any:
+    """Settings of the stack the job commands talk to; fails if there is none to talk to.
+
+    Why: without a running stack's ``stack.env`` (written by ``tickreplay up``, removed by
+    ``down``) the built-in default address 127.0.0.1:7233 could be ANOTHER stack's Temporal,
+    and jobs would silently go there. An address is used only when it was configured: the
+    stack.env of TICKREPLAY_HOME, or TICKREPLAY_TEMPORAL_ADDRESS in the environment.
+    """
+    settings = load_settings()
+    if ("TICKREPLAY_TEMPORAL_ADDRESS" not in os.environ
+            and not (settings.home / "stack.env").is_file()):
+        raise fail(f"no stack is running in {settings.home} (start one with `tickreplay up`, "
+                    "point TICKREPLAY_HOME at its state dir, or set TICKREPLAY_TEMPORAL_ADDRESS"
+                    " and TICKREPLAY_S3_ENDPOINT)", 1)
+    return settings
+
+
+def _spec(strategy: str, data: str | None, symbols: str, start: dt.datetime, end: dt.datetime,
+          param: list[str] | None, config: Any) -> Any:
+    from tickreplay.spec import BacktestSpec, SpecError, parse_params
+
+    settings = load_settings()
+    try:
+        return BacktestSpec.parse({
+            "strategy": strategy, "data_url": data or f"s3://{settings.data_bucket}",
+            "symbols": symbols, "start": start.date(), "end": end.date(),
+            "params": parse_params(param or []), "config": config})
+    except SpecError as e:
+        raise fail(str(e)) from None
+
+
+def _prepare(spec: Any, job_id: str | None, checkpoint_every: float,
+             stall_timeout: float = 600.0) -> Any:
+    from tickreplay.jobs.client import prepare
+    from tickreplay.strategy.api import StrategyError
+    from tickreplay.workflows.types import JobOptions
+
+    try:
+        return prepare(spec, job_id, JobOptions(checkpoint_every_s=checkpoint_every,
+                                                stall_timeout_s=stall_timeout))
+    except (StrategyError, ValueError) as e:
+        raise fail(str(e)) from None
+
+
+async def _client() -> Any:
+    from tickreplay.jobs.client import connect
+
+    settings = _stack_settings()
+    try:
+        return await asyncio.wait_for(connect(settings), 15)
+    except Exception as e:  # noqa: BLE001 - any connection failure means the same to the user
+        raise fail(f"cannot reach Temporal at {settings.temporal_address} ({e}); "
+                    "is the stack up? (`tickreplay up`)") from None
+
+
+async def _wait(client: Any, job_id: str, show_progress: bool) -> dict[str, Any]:
+    """Poll the job's status query until it ends, with a progress bar if asked."""
+    from tickreplay.jobs.client import status
+
+    bar = progress_bar()
+    bar.disable = not show_progress
+    task = bar.add_task(job_id, total=None, rate="", simdate="", count="")
+    with bar:
+        while True:
+            st = await status(client, job_id)
+            if st.get("ticks_total"):
+                day = (dt.datetime.fromtimestamp(st["sim_ts"] / 1e9, tz=dt.UTC).date().isoformat()
+                       if st.get("sim_ts") else "")
+                done = st.get("ticks_done", 0)
+                bar.update(task, total=st["ticks_total"], completed=done, simdate=day,
+                           rate=st.get("stage", ""), count=f"{done:,}/{st['ticks_total']:,} ticks")
+            if st["status"] not in ("RUNNING", "PENDING"):
+                return st
+            await asyncio.sleep(0.5)
+
+
+def _print_status(st: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(st, indent=2, sort_keys=True, default=str) + "\n")
+        return
+    table = Table(title=f"job {st['job_id']}")
+    table.add_column("field")
+    table.add_column("value")
+    for k in ("status", "stage", "ticks_done", "ticks_total", "placements", "result_hash",
+              "results_url", "error"):
+        if st.get(k) not in (None, ""):
+            table.add_row(k, str(st[k]))
+        if k == "ticks_total" and st.get("sim_ts"):
+            table.add_row("simulated time", dt.datetime.fromtimestamp(
+                st["sim_ts"] / 1e9, tz=dt.UTC).isoformat(timespec="seconds"))
+    console.print(table)
+    if st.get("metrics"):
+        print_metrics(st["metrics"])
+
+
+async def _describe(client: Any, job_id: str) -> Any:
+    """The job's workflow description; a one-line error if Temporal does not know the id."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        return await client.get_workflow_handle(job_id).describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            raise fail(f"no such job {job_id!r}", 1) from None
+        raise fail(f"cannot describe job {job_id!r}: {e}", 1) from None
+
+
+def _error_line(kind: str, message: str) -> str:
+    """``Kind: message``, without repeating the kind the runner already put in the message."""
+    return message if message.startswith(f"{kind}:") else f"{kind}: {message}"
+
+
+def _run(coro: Any) -> None:
+    """Run a command's coroutine, then leave without interpreter finalization.
+
+    Tearing down the Temporal client's native runtime during finalization can abort a
+    short-lived process after it has done its work (seen: PyGILState_Release fatal error, exit
+    -6); output is flushed first, so nothing is lost.
+    """
+    code = 0
+    try:
+        asyncio.run(coro)
+    except typer.Exit as e:
+        code = e.exit_code
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@app.command("submit")
+def submit(
+    strategy: o.StrategyArg,
+    symbols: o.Symbols,
+    start: o.Start,
+    end: o.End,
+    data: Annotated[str | None, typer.Option(help="Catalog URL (default s3://<data bucket>)")] = None,
+    param: o.Params = None,
+    latency_ms: o.LatencyMs = 0.0,
+    slippage_bps: o.SlippageBps = 0.0,
+    commission: o.Commission = "none",
+    initial_cash: o.InitialCash = 1_000_000.0,
+    seed: o.Seed = 0,
+    mode: o.Mode = "auto",
+    job_id: Annotated[str | None, typer.Option(help="Idempotency key: same id, same job")] = None,
+    checkpoint_every: Annotated[float, typer.Option(help="Seconds of work between checkpoints")] = 30.0,
+    stall_timeout: o.StallTimeout = 600.0,
+    allow_missing: o.AllowMissing = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait with a progress bar")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Submit a durable backtest; prints its job id at once (``--wait`` to follow it).
+
+    The same ``--job-id`` with the same inputs returns the existing job; with different
+    inputs it is refused.
+    """
+    from tickreplay.jobs.client import JobConflictError
+    from tickreplay.jobs.client import submit as do_submit
+
+    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
+    spec = _spec(strategy, data, symbols, start, end, param, config)
+    job = _prepare(spec, job_id, checkpoint_every, stall_timeout)
+    settings = _stack_settings()
+    check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
+
+    async def go() -> None:
+        client = await _client()
+        try:
+            await do_submit(client, settings, job)
+        except JobConflictError as e:
+            raise fail(str(e), 1) from None
+        if not wait:
+            if as_json:
+                sys.stdout.write(json.dumps({"job_id": job.job_id}) + "\n")
+            else:
+                console.print(job.job_id)
+            return
+        if not as_json:
+            err.print(f"submitted {job.job_id}")
+        st = await _wait(client, job.job_id, show_progress=not as_json)
+        _print_status(st, as_json)
+        if st["status"] != "SUCCEEDED":
+            raise typer.Exit(1)
+
+    _run(go())
+
+
+@app.command("status")
+def status_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Status and progress of a job (ticks done / total, simulated date, metrics at the end)."""
+    from tickreplay.jobs.client import status
+
+    async def go() -> None:
+        client = await _client()
+        await _describe(client, job_id)
+        try:
+            st = await status(client, job_id)
+        except Exception as e:  # noqa: BLE001
+            raise fail(f"cannot read the status of {job_id!r}: {e}", 1) from None
+        _print_status(st, as_json)
+
+    _run(go())
+
+
+@app.command("results")
+def results_cmd(job_id: str, out: Annotated[Path, typer.Option(help="Directory")]) -> None:
+    """Download a job's published, verified result files."""
+    from tickreplay.integrity import IntegrityError
+    from tickreplay.jobs.client import download_results
+    from tickreplay.results import ResultsError
+
+    try:
+        manifest = download_results(_stack_settings(), job_id, out)
+    except (FileNotFoundError, ValueError, ResultsError, IntegrityError) as e:
+        raise fail(str(e)) from None
+    console.print(f"results:     {out.resolve()}")
+    console.print(f"result hash: [bold]{manifest['result_hash']}[/]")
+
+
+@app.command("logs")
+def logs_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A job's events, its error with traceback, and the strategy's log records."""
+    from tickreplay.jobs.client import job_logs
+
+    settings = _stack_settings()
+    try:
+        logs = job_logs(settings, job_id)
+    except Exception as e:  # noqa: BLE001 - storage failures of any kind: one line
+        raise fail(f"cannot read the logs of {job_id!r}: {type(e).__name__}: {e}", 1) from None
+    if not (logs["events"] or logs["error"] or logs["strategy_logs"]):
+        # Nothing stored: an unknown id (exit 1), or a job that has not started yet. Either
+        # way _run ends the process here.
+        async def known() -> None:
+            desc = await _describe(await _client(), job_id)
+            status = desc.status.name if desc.status is not None else "UNKNOWN"
+            if as_json:
+                sys.stdout.write(json.dumps(logs, indent=2, default=str) + "\n")
+            err.print(f"job {job_id} ({status}) has no events yet", highlight=False,
+                      markup=False)
+
+        _run(known())
+    if as_json:
+        sys.stdout.write(json.dumps(logs, indent=2, default=str) + "\n")
+        return
+    for ev in logs["events"]:
+        when = dt.datetime.fromtimestamp(ev.pop("ts"), tz=dt.UTC).strftime("%H:%M:%S")
+        kind = ev.pop("kind")
+        console.print(f"{when} [bold]{kind}[/] " + " ".join(f"{k}={v}" for k, v in ev.items()),
+                      highlight=False)
+    for rec in logs["strategy_logs"]:
+        console.print(json.dumps(rec, default=str), highlight=False, markup=False)
+    if logs["error"]:
+        e = logs["error"]
+        err.print(_error_line(e["kind"], e["message"]), highlight=False, markup=False)
+        if e.get("traceback"):
+            err.print(e["traceback"], markup=False, highlight=False)
+
+
+@app.command("cancel")
+def cancel_cmd(job_id: str) -> None:
+    """Cancel a job: its runner process is stopped and the job ends CANCELLED."""
+
+    from temporalio.client import WorkflowExecutionStatus
+
+    from tickreplay.jobs.client import status_name
+
+    async def go() -> None:
+        client = await _client()
+        desc = await _describe(client, job_id)
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            raise fail(f"job {job_id} has already finished ({status_name(desc.status)}); "
+                        "nothing to cancel", 1)
+        await client.get_workflow_handle(job_id).cancel()
+        console.print(f"cancel requested for {job_id}")
+
+    _run(go())
+
+
+@app.command("sweep")
+def sweep_cmd(
+    strategy: o.StrategyArg,
+    symbols: o.Symbols,
+    start: o.Start,
+    end: o.End,
+    grid: Annotated[list[str], typer.Option(help="name=v1,v2,... (repeatable)")],
+    data: Annotated[str | None, typer.Option()] = None,
+    param: o.Params = None,
+    metric: Annotated[str, typer.Option(help="Metric to rank by")] = "sharpe",
+    minimize: Annotated[bool, typer.Option(help="Rank ascending")] = False,
+    max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
+    latency_ms: o.LatencyMs = 0.0,
+    slippage_bps: o.SlippageBps = 0.0,
+    commission: o.Commission = "none",
+    stall_timeout: o.StallTimeout = 600.0,
+    allow_missing: o.AllowMissing = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run a parameter grid as child backtests and print them ranked by a metric."""
+    from tickreplay.jobs.client import new_job_id, submit_sweep
+    from tickreplay.workflows.types import SweepInput
+
+    axes: dict[str, list[str]] = {}
+    for g in grid:
+        name, sep, values = g.partition("=")
+        if not sep or not values:
+            raise fail(f"--grid expects name=v1,v2,..., got {g!r}")
+        axes[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+    config = build_config(latency_ms, slippage_bps, commission, 1_000_000.0, 0, "auto")
+    spec = _spec(strategy, data, symbols, start, end, param, config)
+    base = _prepare(spec, None, 30.0, stall_timeout)
+    _stack_settings()  # no stack: fail now, before listing the catalog
+    check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
+    from tickreplay.strategy.loader import bundle_from_spec, load_strategy
+
+    bundle = bundle_from_spec(strategy)
+    typed: dict[str, list[Any]] = {k: [] for k in axes}
+    for k, values in axes.items():
+        for v in values:  # validate every grid value against Params before starting anything
+            try:
+                params = load_strategy(bundle, {**base.spec["params"], k: v})[0].params
+            except Exception as e:  # noqa: BLE001
+                raise fail(str(e)) from None
+            typed[k].append(getattr(params, k))
+    sweep = SweepInput(new_job_id("sweep"), base, typed, max_concurrent, metric, not minimize)
+
+    async def go() -> None:
+        client = await _client()
+        handle = await submit_sweep(client, load_settings(), sweep)
+        err.print(f"sweep {sweep.sweep_id}: {len(list(_points(typed)))} backtests, "
+                  f"at most {max_concurrent} at a time")
+        result = await handle.result()
+        if as_json:
+            sys.stdout.write(json.dumps(result.rows, indent=2, default=str) + "\n")
+            return
+        table = Table(title=f"sweep {sweep.sweep_id} ranked by {metric}")
+        for col in ("rank", *typed, metric, "status", "job_id"):
+            table.add_column(col)
+        for row in result.rows:
+            value = row.get("value")
+            table.add_row(str(row["rank"]), *(str(row["params"][k]) for k in typed),
+                          f"{value:.6g}" if isinstance(value, float) else str(value),
+                          row["status"], row["job_id"])
+        console.print(table)
+
+    _run(go())
+
+
+@app.command("gc")
+def gc_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Delete checkpoints and staged results of finished jobs; running jobs and results stay."""
+    from tickreplay.data.objectstore import S3Store
+    from tickreplay.jobs.gc import collect
+
+    settings = _stack_settings()
+
+    async def go() -> None:
+        client = await _client()
+        artifacts = S3Store(settings.artifacts_bucket, settings=settings)
+        try:
+            report = await collect(artifacts, client, dry_run=dry_run)
+        except Exception as e:  # noqa: BLE001 - storage failures of any kind: one line
+            raise fail(f"gc failed: {type(e).__name__}: {e}", 1) from None
+        if as_json:
+            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+            return
+        verb = "would remove" if dry_run else "removed"
+        for job, stats in sorted(report.cleaned.items()):
+            console.print(f"{verb} {stats.objects} objects ({stats.bytes / 1e6:.1f} MB) of "
+                          f"{job}", highlight=False)
+        for job, why in sorted(report.skipped.items()):
+            err.print(f"skipped {job}: {why}", highlight=False, markup=False)
+        total = report.total
+        console.print(f"{verb} {total.objects} objects ({total.bytes / 1e6:.1f} MB) of "
+                      f"{len(report.cleaned)} finished jobs; kept {len(report.running)} "
+                      "running", highlight=False)
+
+    _run(go())
+
+
+def _points(grid: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    import itertools
+
+    return list(itertools.product(*grid.values()))
