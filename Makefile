@@ -44,8 +44,12 @@ chaos: setup
 demo: setup
 	$(PY) -m tickreplay.cli.demo
 
+# ruff, the import-layer contracts (pyproject [tool.importlinter]) and mypy on engine/,
+# workflows/ and runner/ ([tool.mypy]). CI runs it before the tests.
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf demo-data demo-results bench-results .pytest_cache

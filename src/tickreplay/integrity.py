@@ -26,13 +26,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from tickreplay.errors import IntegrityError
+
 ALG = "HMAC-SHA256"
 _ENVELOPE_MAGIC = b"TRSEAL1\n"
 _MIN_KEY_BYTES = 16
-
-
-class IntegrityError(Exception):
-    """Bytes are not authentic (no or a wrong signature) or belong to another run."""
 
 
 def load_or_create_key(path: Path) -> bytes:

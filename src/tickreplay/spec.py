@@ -9,10 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from tickreplay.data.schema import validate_symbol
 from tickreplay.engine.config import RunConfig
-
-
-class SpecError(ValueError):
-    """An invalid backtest spec; the message names the offending field(s)."""
+from tickreplay.errors import SpecError
 
 
 class BacktestSpec(BaseModel):

@@ -29,6 +29,7 @@ from pathlib import Path
 from tickreplay.data.catalog import Partition
 from tickreplay.data.errors import CorruptDataError
 from tickreplay.data.objectstore import ObjectStore, sha256_file
+from tickreplay.osutil import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +114,7 @@ class PartitionCache:
         return {"hits": self._hits, "misses": self._misses, "bytes": self._bytes}
 
     def _download(self, store: ObjectStore, partition: Partition, dest: Path) -> None:
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".parquet", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        def fetch_verified(tmp: Path) -> None:
             store.download(partition.key, tmp)
             actual = sha256_file(tmp)
             if actual != partition.sha256:
@@ -125,9 +123,8 @@ class PartitionCache:
                     f"the plan's {partition.sha256} (the object changed or was corrupted)"
                 )
             self._bytes += tmp.stat().st_size
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(dest, fetch_verified, fsync=False)
 
     def _touch(self, path: Path) -> None:
         # Explicit, strictly increasing nanosecond stamps: the filesystem's own mtime clock is

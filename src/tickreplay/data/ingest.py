@@ -21,10 +21,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tickreplay.data.catalog import Partition
-from tickreplay.data.errors import DataError
 from tickreplay.data.generate import table_to_parquet_bytes
 from tickreplay.data.objectstore import ObjectStore
 from tickreplay.data.schema import TICK_FIELDS, partition_key, schema_for, validate_symbol
+from tickreplay.errors import IngestError
 
 TsUnit = Literal["ns", "us", "ms", "s", "auto"]
 
@@ -36,10 +36,6 @@ _AUTO_LIMITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
 _OFFSET_RE = r"(?:Z|[+-]\d\d:?\d\d)$"
 # Text epochs with a fraction: 31 integer digits cover ns epochs, 9 decimals cover ns of seconds.
 _EPOCH_DECIMAL = pa.decimal256(40, 9)
-
-
-class IngestError(DataError):
-    """The input file cannot become catalog partitions; the message names the row and column."""
 
 
 def ingest(

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
+from tickreplay.errors import ObjectExistsError
+from tickreplay.osutil import atomic_write
 from tickreplay.settings import Settings, get_settings
 
 SHA256_META = "sha256"
@@ -29,10 +31,6 @@ class ObjectInfo:
     key: str
     size: int
     sha256: str | None
-
-
-class ObjectExistsError(Exception):
-    """A conditional put found the key already present."""
 
 
 class ObjectStore(Protocol):
@@ -105,36 +103,20 @@ class LocalStore:
             while chunk := fi.read(_CHUNK):
                 fo.write(chunk)
 
-    def _atomic_write(self, key: str, write: Callable[[BinaryIO], object], if_none_match: bool) -> None:
+    def _atomic_write(self, key: str, content: bytes | Callable[[Path], object],
+                      if_none_match: bool) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=dest.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            if if_none_match:
-                try:
-                    os.link(tmp, dest)  # atomic create-if-absent
-                except FileExistsError:
-                    raise ObjectExistsError(key) from None
-            else:
-                os.replace(tmp, dest)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            atomic_write(dest, content, exclusive=if_none_match)
+        except FileExistsError:
+            raise ObjectExistsError(key) from None
 
     def put_bytes(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
-        self._atomic_write(key, lambda f: f.write(data), if_none_match)
+        self._atomic_write(key, data, if_none_match)
 
     def put_file(self, key: str, path: Path, *, if_none_match: bool = False) -> None:
-        def copy(f: BinaryIO) -> None:
-            with open(path, "rb") as src:
-                while chunk := src.read(_CHUNK):
-                    f.write(chunk)
-
-        self._atomic_write(key, copy, if_none_match)
+        self._atomic_write(key, lambda tmp: shutil.copyfile(path, tmp), if_none_match)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -41,6 +41,7 @@ from tickreplay.engine.orders import (
     Order,
 )
 from tickreplay.engine.portfolio import Portfolio
+from tickreplay.errors import CheckpointError
 from tickreplay.strategy.api import Strategy, StrategyError, Tick
 
 ENGINE_VERSION = "1.0"
@@ -77,10 +78,6 @@ EQUITY_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 _ARRAY_CODE: dict[pa.DataType, str] = {pa.int64(): "q", pa.float64(): "d", pa.bool_(): "b",
                                        pa.string(): "i"}
 _NUMPY_OF = {"q": np.int64, "i": np.int32, "d": np.float64, "b": np.bool_}
-
-
-class CheckpointError(Exception):
-    """A checkpoint could not be written or read back (corrupt, wrong version, unpicklable)."""
 
 
 @dataclass

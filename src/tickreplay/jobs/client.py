@@ -19,6 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from tickreplay.errors import JobConflictError
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.strategy.loader import StrategyBundle, bundle_from_spec, load_strategy
@@ -45,17 +46,6 @@ INPUT_DIGEST_MEMO = "job_input_sha256"
 # Letters, digits, ".", "_", "-": a job id names object prefixes (checkpoints/{id}/, results
 # {id}/), so "/" or an empty id would reach into other jobs' objects.
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-
-
-class JobConflictError(Exception):
-    """A job id is already taken by a job with a different spec, strategy or options."""
-
-    def __init__(self, job_id: str, status: str) -> None:
-        super().__init__(
-            f"job {job_id} already exists ({status}) with a different spec, strategy or "
-            "options; submit under another --job-id, or omit it for a fresh one")
-        self.job_id = job_id
-        self.status = status
 
 
 async def connect(settings: Settings) -> Client:

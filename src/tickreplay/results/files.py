@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,9 @@ import pyarrow.parquet as pq
 
 from tickreplay.data.objectstore import ObjectExistsError, ObjectStore, sha256_file
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS
+from tickreplay.errors import ResultConflictError, ResultsError
 from tickreplay.integrity import IntegrityError, check_manifest_signature, sign_manifest
+from tickreplay.osutil import atomic_write
 from tickreplay.results.canonical import canonical_json, result_hash
 from tickreplay.results.model import ResultSet
 
@@ -37,14 +38,6 @@ RESULT_FILES: tuple[str, ...] = (
     "metrics.json",
     "logs.jsonl",
 )
-
-
-class ResultsError(Exception):
-    """A result directory is missing its manifest, is incomplete, or does not match it."""
-
-
-class ResultConflictError(ResultsError):
-    """The destination already holds a different result (another result hash)."""
 
 
 def write_results(rs: ResultSet, out_dir: Path) -> dict[str, Any]:
@@ -75,7 +68,7 @@ def write_results(rs: ResultSet, out_dir: Path) -> dict[str, Any]:
     files: dict[str, dict[str, Any]] = {}
     for name in RESULT_FILES:
         path = out_dir / name
-        _atomic(path, writers[name])
+        atomic_write(path, writers[name])
         files[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
 
     manifest = {
@@ -85,7 +78,7 @@ def write_results(rs: ResultSet, out_dir: Path) -> dict[str, Any]:
         "files": files,
         "run_info": rs.run_info,
     }
-    _atomic(out_dir / MANIFEST, lambda p: p.write_bytes(_pretty_json(manifest)))
+    atomic_write(out_dir / MANIFEST, lambda p: p.write_bytes(_pretty_json(manifest)))
     _fsync_dir(out_dir)
     return json.loads(_pretty_json(manifest))
 
@@ -184,7 +177,7 @@ def sign_results(out_dir: Path, key: bytes) -> dict[str, Any]:
     """Sign the manifest of a verified result directory in place; returns the signed manifest."""
     out_dir = Path(out_dir)
     signed = sign_manifest(verify_results(out_dir), key)
-    _atomic(out_dir / MANIFEST, lambda p: p.write_bytes(_pretty_json(signed)))
+    atomic_write(out_dir / MANIFEST, lambda p: p.write_bytes(_pretty_json(signed)))
     return signed
 
 
@@ -277,20 +270,6 @@ def _pretty_json(obj: Any) -> bytes:
     here as in the hash.
     """
     return json.dumps(json.loads(canonical_json(obj)), sort_keys=True, indent=2).encode() + b"\n"
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)`` then rename over ``path``: readers never see half a file."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

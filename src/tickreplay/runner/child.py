@@ -22,11 +22,9 @@ or ``error``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
-import signal
 import socket
 import sys
 import threading
@@ -34,20 +32,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tickreplay.osutil import atomic_write
+
 EXIT_OK, EXIT_ERROR, EXIT_STOPPED = 0, 3, 4
 PROGRESS_EVERY_S = 1.0
 
 
 class ResultBuildError(Exception):
     """The finished run's results could not be built or written: deterministic, not retried."""
-
-
-def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this process when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
 
 
 class Channel:
@@ -107,12 +99,6 @@ def _classify(e: BaseException) -> tuple[str, bool]:
     return "RunnerError", True
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
     """Execute one job description (local files only); returns the exit code."""
     from tickreplay.data.catalog import DataPlan
@@ -141,7 +127,7 @@ def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
 
     def on_checkpoint(data: bytes, ticks: int) -> None:
         path = workdir / f"ckpt-{ticks:013d}.bin"
-        _atomic_write(path, data)
+        atomic_write(path, data)
         chan.send("checkpoint", path=str(path), ticks_done=ticks)
 
     if blob is not None:

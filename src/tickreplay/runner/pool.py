@@ -16,14 +16,13 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tickreplay.runner.child import die_with_parent
+from tickreplay.osutil import die_with_parent, kill_group
 from tickreplay.settings import Settings
 
 # Variables a runner may inherit: nothing that names a credential or the platform's key.
@@ -175,10 +174,7 @@ class RunnerProcess:
 
     def kill(self) -> None:
         if self.proc.returncode is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            kill_group(self.proc.pid)
 
     async def wait(self) -> int:
         code = await self.proc.wait()

@@ -36,6 +36,7 @@ from typing import Any
 
 import psutil
 
+from tickreplay.errors import StackError
 from tickreplay.settings import Settings
 from tickreplay.stack.services import SeaweedFS, TemporalDevServer, log_tail, port_is_free
 
@@ -50,14 +51,6 @@ _SERVICES = ("temporal", "seaweedfs")
 _WORKER_SETTLE_S = 2.0
 # Bound on waiting for a worker to show up as a poller: the check is a confirmation, not a gate.
 _POLLER_WAIT_S = 30.0
-
-
-class StackError(RuntimeError):
-    """A part of the stack could not be started; ``part`` names it (or ``stack`` for the whole)."""
-
-    def __init__(self, part: str, message: str) -> None:
-        super().__init__(f"{part}: {message}")
-        self.part = part
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from tickreplay.errors import StrategyError
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from tickreplay.engine.core import Engine
     from tickreplay.engine.orders import Fill
-
-
-class StrategyError(Exception):
-    """A strategy's own code failed (bad params, exception in a callback, bad on_batch output).
-
-    Never retried: the same inputs fail the same way.
-    """
 
 
 class Tick:
