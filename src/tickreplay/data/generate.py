@@ -10,18 +10,17 @@ another symbol or an earlier day already had.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import zlib
 from collections.abc import Iterable, Iterator
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tickreplay.data.catalog import Partition
 from tickreplay.data.objectstore import ObjectStore
-from tickreplay.data.schema import PARQUET_WRITE_OPTIONS, partition_key, schema_for, validate_symbol
+from tickreplay.data.partitions import write_partition
+from tickreplay.data.schema import schema_for, validate_symbol
 
 NEW_YORK = ZoneInfo("America/New_York")
 SESSION_OPEN = dt.time(9, 30)
@@ -92,13 +91,6 @@ def _day_table(
     return table, float(log_path[-1])
 
 
-def table_to_parquet_bytes(table: pa.Table) -> bytes:
-    """Serialise a tick table with the catalog's write options (zstd, page checksums)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, **PARQUET_WRITE_OPTIONS)
-    return sink.getvalue().to_pybytes()
-
-
 def generate(
     store: ObjectStore,
     symbols: Iterable[str],
@@ -136,10 +128,5 @@ def generate(
         log_price = float(np.log(rng.uniform(20.0, 500.0)))
         for day in trading_days(first, last):
             table, log_price = _day_table(rng, day, log_price, ticks_per_day, quotes)
-            data = table_to_parquet_bytes(table)
-            key = partition_key(symbol, day)
-            store.put_bytes(key, data)
-            written.append(
-                Partition(symbol, day.isoformat(), key, len(data), hashlib.sha256(data).hexdigest())
-            )
+            written.append(write_partition(store, symbol, day, table))
     return written

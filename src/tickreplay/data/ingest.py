@@ -7,7 +7,6 @@ is an error), nulls are not dropped, and bad prices are not clipped.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -21,9 +20,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tickreplay.data.catalog import Partition
-from tickreplay.data.generate import table_to_parquet_bytes
 from tickreplay.data.objectstore import ObjectStore
-from tickreplay.data.schema import TICK_FIELDS, partition_key, schema_for, validate_symbol
+from tickreplay.data.partitions import write_partition
+from tickreplay.data.schema import TICK_FIELDS, schema_for, validate_symbol
 from tickreplay.errors import IngestError
 
 TsUnit = Literal["ns", "us", "ms", "s", "auto"]
@@ -280,6 +279,11 @@ def _extra_column(col: pa.ChunkedArray, target: pa.DataType, where: str, name: s
 def _write_partitions(
     table: pa.Table, ts: np.ndarray, symbol: str, store: ObjectStore, where: str, ts_col: str
 ) -> list[Partition]:
+    """Split ``table`` by the UTC date of ``ts`` and write one partition per date.
+
+    The whole input is checked for backwards timestamps before the first write, so a bad file
+    leaves the catalog untouched instead of half-ingested.
+    """
     days = ts // _NS_PER_DAY
     # A stable sort by day keeps each day's rows in file order, so the monotonic check below
     # sees exactly what the partition will hold.
@@ -297,13 +301,12 @@ def _write_partitions(
         )
     starts = np.flatnonzero(np.r_[True, days_sorted[1:] != days_sorted[:-1]])
     ends = np.r_[starts[1:], len(order)]
-    written = []
-    for lo, hi in zip(starts, ends, strict=True):
-        day = np.datetime64(int(days_sorted[lo]), "D").astype(object)
-        data = table_to_parquet_bytes(table.take(pa.array(order[lo:hi])))
-        key = partition_key(symbol, day)
-        store.put_bytes(key, data)
-        written.append(
-            Partition(symbol, day.isoformat(), key, len(data), hashlib.sha256(data).hexdigest())
+    return [
+        write_partition(
+            store,
+            symbol,
+            np.datetime64(int(days_sorted[lo]), "D").astype(object),
+            table.take(pa.array(order[lo:hi])),
         )
-    return written
+        for lo, hi in zip(starts, ends, strict=True)
+    ]
