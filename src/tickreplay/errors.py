@@ -14,7 +14,7 @@ This module imports nothing: the workflow sandbox, the runner child and the engi
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 class TickreplayError(Exception):
@@ -22,6 +22,11 @@ class TickreplayError(Exception):
 
     code: ClassVar[str] = "TickreplayError"
     retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", *, details: Any = None) -> None:
+        super().__init__(message)
+        # Travels with the error to the workflow (ApplicationError details): keep it small.
+        self.details = details
 
 
 # ------------------------------------------------------------------------------ job inputs
@@ -107,6 +112,19 @@ class RunnerError(TickreplayError):
     retryable = True
 
 
+class RunnerDied(RunnerError):
+    """The runner process exited without a result or an error (killed, crashed)."""
+
+    code = "RunnerDied"
+
+
+class AvoidNode(TickreplayError):
+    """This node was already found unhealthy for the job: let Temporal retry it elsewhere."""
+
+    code = "AvoidNode"
+    retryable = True
+
+
 class WorkerShutdown(TickreplayError):
     """The worker is stopping; the run resumes elsewhere from its final checkpoint."""
 
@@ -163,6 +181,18 @@ def _subclasses(cls: type[TickreplayError]) -> list[type[TickreplayError]]:
 def non_retryable_codes() -> list[str]:
     """The ``code`` of every non-retryable error class, for ``RetryPolicy.non_retryable_error_types``."""
     return sorted({c.code for c in _subclasses(TickreplayError) if not c.retryable})
+
+
+def by_code(code: str) -> type[TickreplayError]:
+    """The class of an error code reported across a boundary; unknown codes are a RunnerError.
+
+    Why look the class up rather than trust the reporter's ``retryable``: the runner runs user
+    code, so it may claim anything; what a code means is decided here.
+    """
+    for cls in _subclasses(TickreplayError):
+        if cls.code == code and "code" in vars(cls):
+            return cls
+    return RunnerError
 
 
 def classify(e: BaseException) -> tuple[str, bool]:

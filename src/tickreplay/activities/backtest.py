@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,19 +31,37 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from tickreplay.activities.errors import reported_error, reports_errors
+from tickreplay.errors import (
+    AvoidNode,
+    IntegrityError,
+    NodeUnhealthy,
+    ResultConflictError,
+    ResultsError,
+    RunnerDied,
+    SpecError,
+    StrategyTimeout,
+    WorkerShutdown,
+)
+from tickreplay.runner import protocol
+from tickreplay.runner.protocol import RunnerJob
 from tickreplay.settings import Settings
 from tickreplay.workflows import types as t
+
+if TYPE_CHECKING:
+    from tickreplay.runner.pool import RunnerProcess
 
 T = TypeVar("T")
 HEARTBEAT_EVERY_S = 1.0
 # Each progress signal costs ~4 history events: every 60 s keeps a 7-day run far below the
 # 51,200-event limit. `tickreplay status` reads fresher progress from the heartbeat.
 SIGNAL_EVERY_S = 60.0
+# What the run loop sees when the runner said nothing for a second (it still heartbeats).
+_QUIET = protocol.Progress(phase="(quiet)")
 
 
 
@@ -136,8 +156,14 @@ class BacktestActivities:
         """Wait until every queued event is written (or failed)."""
         self._events.submit(lambda: None).result(timeout)
 
+    @staticmethod
+    def _beat(state: t.RunHeartbeat) -> None:
+        """Heartbeat a snapshot of ``state`` (the SDK sends details later, batched)."""
+        activity.heartbeat(copy.deepcopy(state))
+
     # ------------------------------------------------------------------ activities
     @activity.defn(name="resolve_strategy")
+    @reports_errors
     def resolve_strategy(self, inp: t.ResolveInput) -> t.StrategyRef:
         """Store the strategy bundle content-addressed; its sha256 digest names it for good."""
         from tickreplay.data.objectstore import ObjectExistsError
@@ -148,8 +174,7 @@ class BacktestActivities:
                                     inp.bundle.get("class"), "")
             bundle = StrategyBundle.from_bytes(bundle.to_bytes())
         except (KeyError, TypeError, ValueError) as e:
-            raise ApplicationError(f"invalid strategy bundle: {e}", type=t.SPEC_ERROR,
-                                   non_retryable=True) from None
+            raise SpecError(f"invalid strategy bundle: {e}") from None
         # Addressed by the whole bundle (sources AND entry/class): two classes of one file
         # share a source digest but are different strategies.
         raw = bundle.to_bytes()
@@ -168,23 +193,17 @@ class BacktestActivities:
         return t.StrategyRef(bundle.digest, key)
 
     @activity.defn(name="plan_data")
+    @reports_errors
     def plan_data(self, inp: t.PlanInput) -> t.PlanRef:
         """Partitions + fingerprint, stored as JSON; an empty plan is a non-retryable error."""
         from tickreplay.data.catalog import plan_data
-        from tickreplay.data.errors import EmptyPlanError
         from tickreplay.data.objectstore import open_store
-        from tickreplay.spec import BacktestSpec, SpecError
+        from tickreplay.spec import BacktestSpec
 
-        try:
-            spec = BacktestSpec.parse(inp.spec)
-            with pulse():
-                plan = self._retry(lambda: plan_data(open_store(spec.data_url, self.settings),
-                                                     spec.symbols, spec.start, spec.end),
-                                   "plan data")
-        except EmptyPlanError as e:
-            raise ApplicationError(str(e), type=t.EMPTY_PLAN, non_retryable=True) from None
-        except SpecError as e:
-            raise ApplicationError(str(e), type=t.SPEC_ERROR, non_retryable=True) from None
+        spec = BacktestSpec.parse(inp.spec)
+        with pulse():
+            plan = self._retry(lambda: plan_data(open_store(spec.data_url, self.settings),
+                                                 spec.symbols, spec.start, spec.end), "plan data")
         key = f"jobs/{inp.job_id}/plan-{plan.fingerprint[:16]}.json"
         with pulse():
             self._retry(lambda: self._artifacts().put_bytes(key, json.dumps(plan.to_dict()).encode()),
@@ -194,6 +213,7 @@ class BacktestActivities:
         return t.PlanRef(key, plan.fingerprint, len(plan.partitions))
 
     @activity.defn(name="warm_cache")
+    @reports_errors
     def warm_cache(self, inp: t.WarmInput) -> t.WarmResult:
         """Fetch the plan's partitions into this node's cache; return this node's own queue.
 
@@ -201,32 +221,33 @@ class BacktestActivities:
         itself and the reason, before downloading anything; the workflow then places the run
         on another node. So does a node the workflow already found unhealthy.
         """
-        from tickreplay.data.errors import DataError
-        from tickreplay.data.objectstore import open_store
-        from tickreplay.runner.driver import count_ticks, fetch_plan
+        from tickreplay.runner.driver import count_ticks
 
         self._event(inp.job_id, "warm_started", attempt=activity.info().attempt)
         if self.node in (inp.avoid_nodes or []):
-            raise ApplicationError(f"node {self.node} was found unhealthy for this job; "
-                                   "leaving it to another node", type="AvoidNode")
+            raise AvoidNode(f"node {self.node} was found unhealthy for this job; "
+                            "leaving it to another node")
         with pulse():
             time.sleep(self.settings.fault_delay_s("warm_cache"))
             plan = self._load_plan(inp.plan_key)
             problem = self.cache.health_problem(self.cache.missing_bytes(plan.partitions))
             if problem is not None:
                 self._event(inp.job_id, "node_unhealthy", reason=problem)
-                raise ApplicationError(f"node {self.node}: {problem}",
-                                       {"node": self.node, "reason": problem},
-                                       type=t.NODE_UNHEALTHY, non_retryable=True)
-            store = open_store(plan.url, self.settings)
-            try:
-                paths = self._retry(lambda: fetch_plan(plan, store, self.cache), "fetch data")
-                total = count_ticks(paths)
-            except DataError as e:
-                raise ApplicationError(str(e), type=t.DATA_ERROR, non_retryable=True) from None
+                raise NodeUnhealthy(f"node {self.node}: {problem}",
+                                    details={"node": self.node, "reason": problem})
+            paths = self._fetch_data(plan)
+            total = count_ticks(paths)
         self._event(inp.job_id, "cache_warm", partitions=len(paths), ticks_total=total,
                     task_queue=self.node_queue)
         return t.WarmResult(self.node_queue, self.node, total)
+
+    def _fetch_data(self, plan: Any) -> dict[str, Path]:
+        """The plan's partitions as files of this node's cache (downloaded and checked if new)."""
+        from tickreplay.data.objectstore import open_store
+        from tickreplay.runner.driver import fetch_plan
+
+        store = open_store(plan.url, self.settings)
+        return self._retry(lambda: fetch_plan(plan, store, self.cache), "fetch data")
 
     def _load_plan(self, key: str) -> Any:
         from tickreplay.data.catalog import DataPlan
@@ -235,6 +256,7 @@ class BacktestActivities:
                                                          "read plan")))
 
     @activity.defn(name="publish_results")
+    @reports_errors
     def publish_results(self, inp: t.PublishInput) -> t.PublishOutput:
         """Verify the staged result (signature, files, hash); commit it under results/{job_id}/.
 
@@ -243,7 +265,7 @@ class BacktestActivities:
         checkpoints and staging objects are removed (results are never touched).
         """
         from tickreplay.data.objectstore import S3Store
-        from tickreplay.results import ResultConflictError, ResultsError, publish_results
+        from tickreplay.results import publish_results
         from tickreplay.results.files import MANIFEST, read_manifest
 
         self._event(inp.job_id, "publish_started", attempt=activity.info().attempt)
@@ -267,11 +289,10 @@ class BacktestActivities:
             time.sleep(self.settings.fault_delay_s("publish_results"))
             try:
                 self._retry(work, "publish results")
-            except ResultConflictError as e:
-                raise ApplicationError(str(e), type=t.RESULT_CONFLICT, non_retryable=True) from None
+            except ResultConflictError:
+                raise
             except (ResultsError, FileNotFoundError) as e:
-                raise ApplicationError(f"staged result refused: {e}", type=t.RESULT_ERROR,
-                                       non_retryable=True) from None
+                raise ResultsError(f"staged result refused: {e}") from None
             self._clean_up(inp.job_id)
         url = f"s3://{self.settings.results_bucket}/{inp.job_id}/"
         self._event(inp.job_id, "published", results_url=url, result_hash=inp.result_hash)
@@ -290,25 +311,22 @@ class BacktestActivities:
 
     # ------------------------------------------------------------------ the run
     @activity.defn(name="run_backtest")
+    @reports_errors
     async def run_backtest(self, inp: t.RunInput) -> t.RunOutput:
         """Run the engine in a sandboxed runner; seal and heartbeat its checkpoints; resume."""
         from tickreplay.runner.pool import RunnerPool
 
         info = activity.info()
         resume = inp.resume
-        details = list(info.heartbeat_details or [])
-        if details and isinstance(details[0], dict) and details[0].get("checkpoint_key"):
-            resume = details[0]
-        state: dict[str, Any] = {
-            "checkpoint_key": (resume or {}).get("checkpoint_key"),
-            "ticks_done": int((resume or {}).get("ticks_done", 0)),
-            "progress": int((resume or {}).get("ticks_done", 0)),
-            "ticks_total": inp.ticks_total,
-            "sim_ts": 0,
-            "node": self.node,
-        }
+        beat = t.RunHeartbeat.from_details(info.heartbeat_details)
+        if beat is not None and beat.checkpoint_key:
+            resume = beat
+        ticks = resume.ticks_done if resume else 0
+        state = t.RunHeartbeat(checkpoint_key=resume.checkpoint_key if resume else None,
+                               ticks_done=ticks, progress=ticks, ticks_total=inp.ticks_total,
+                               node=self.node)
         self._event(inp.job_id, "run_started", attempt=info.attempt,
-                    resume_from=state["checkpoint_key"], ticks_done=state["ticks_done"])
+                    resume_from=state.checkpoint_key, ticks_done=state.ticks_done)
         if self.pool is None:
             self.pool = RunnerPool(self.settings, self.settings.home / "runs" / self.node)
         runner = await self.pool.acquire()
@@ -318,27 +336,23 @@ class BacktestActivities:
             await runner.send(job)
             return await self._drive(inp, runner, state)
         except asyncio.CancelledError:
-            self._event(inp.job_id, "run_cancelled", ticks_done=state["progress"])
+            self._event(inp.job_id, "run_cancelled", ticks_done=state.progress)
             raise
         finally:
             await runner.close()
 
-    async def _while_beating(self, work: Any, state: dict[str, Any]) -> Any:
+    async def _while_beating(self, work: Any, state: t.RunHeartbeat) -> Any:
         """Await ``work`` while heartbeating every second (the event loop stays free)."""
         task = asyncio.ensure_future(work)
         while True:
             done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_S)
             if done:
                 return task.result()
-            activity.heartbeat(dict(state))
+            self._beat(state)
 
-    def _prepare_run(self, inp: t.RunInput, state: dict[str, Any], workdir: Path
-                     ) -> dict[str, Any]:
+    def _prepare_run(self, inp: t.RunInput, state: t.RunHeartbeat, workdir: Path) -> RunnerJob:
         """Everything the runner reads, as local files; the checkpoint is checked here."""
-        from tickreplay.data.errors import DataError
-        from tickreplay.data.objectstore import open_store
-        from tickreplay.integrity import IntegrityError, open_checkpoint
-        from tickreplay.runner.driver import fetch_plan
+        from tickreplay.integrity import open_checkpoint
         from tickreplay.strategy.loader import StrategyBundle
 
         artifacts = self._artifacts()
@@ -346,16 +360,12 @@ class BacktestActivities:
         if StrategyBundle.from_bytes(raw).digest != inp.strategy.digest or (
                 inp.strategy.key != f"strategies/{hashlib.sha256(raw).hexdigest()}.json"
                 and not inp.strategy.key.endswith(f"/{inp.strategy.digest}.json")):
-            raise ApplicationError(f"strategy object {inp.strategy.key} does not hash to "
-                                   f"{inp.strategy.digest}", type=t.SPEC_ERROR, non_retryable=True)
+            raise SpecError(f"strategy object {inp.strategy.key} does not hash to "
+                            f"{inp.strategy.digest}")
         plan = self._load_plan(inp.plan.key)
-        try:
-            paths = self._retry(lambda: fetch_plan(plan, open_store(plan.url, self.settings),
-                                                   self.cache), "fetch data")
-        except DataError as e:
-            raise ApplicationError(str(e), type=t.DATA_ERROR, non_retryable=True) from None
+        paths = self._fetch_data(plan)
         ckpt_file = None
-        for key in self._resume_candidates(inp.job_id, state["checkpoint_key"]):
+        for key in self._resume_candidates(inp.job_id, state.checkpoint_key):
             try:
                 sealed = self._retry(lambda key=key: artifacts.get_bytes(key), "read checkpoint")
                 blob, ticks = open_checkpoint(sealed, run_identity(inp), self.key)
@@ -366,22 +376,21 @@ class BacktestActivities:
                 continue
             ckpt_file = workdir / "resume.ckpt"
             ckpt_file.write_bytes(blob)
-            state.update(checkpoint_key=key, ticks_done=ticks, progress=ticks)
+            state.checkpoint_key, state.ticks_done, state.progress = key, ticks, ticks
             break
         else:
-            if state["checkpoint_key"]:
+            if state.checkpoint_key:
                 self._event(inp.job_id, "checkpoint_discarded", checkpoint_key=None,
                             message="no usable checkpoint; starting from the first tick")
-            state.update(checkpoint_key=None, ticks_done=0, progress=0)
-        return {
-            "job_id": inp.job_id, "spec": inp.spec, "bundle": raw.decode(),
-            "strategy_digest": inp.strategy.digest, "plan": plan.to_dict(),
-            "paths": {k: str(v) for k, v in paths.items()}, "ticks_total": inp.ticks_total,
-            "checkpoint_every_s": inp.options.checkpoint_every_s,
-            "checkpoint_file": str(ckpt_file) if ckpt_file else None,
-            "resumed_from": state["ticks_done"], "workdir": str(workdir),
-            "memory_mb": self.settings.run_memory_mb,
-        }
+            state.checkpoint_key, state.ticks_done, state.progress = None, 0, 0
+        return RunnerJob(
+            job_id=inp.job_id, spec=inp.spec, bundle=raw.decode(),
+            strategy_digest=inp.strategy.digest, plan=plan.to_dict(),
+            paths={k: str(v) for k, v in paths.items()}, ticks_total=inp.ticks_total,
+            checkpoint_every_s=inp.options.checkpoint_every_s,
+            checkpoint_file=str(ckpt_file) if ckpt_file else None,
+            resumed_from=state.ticks_done, workdir=str(workdir),
+            memory_mb=self.settings.run_memory_mb)
 
     def _resume_candidates(self, job_id: str, named: str | None, newest: int = 3) -> list[str]:
         """Checkpoints to try, newest first: the newest stored ones and the heartbeat's.
@@ -400,7 +409,8 @@ class BacktestActivities:
             keys.append(named)
         return sorted(keys, key=lambda k: k.rsplit("/", 1)[-1], reverse=True)
 
-    async def _drive(self, inp: t.RunInput, runner: Any, state: dict[str, Any]) -> t.RunOutput:
+    async def _drive(self, inp: t.RunInput, runner: RunnerProcess, state: t.RunHeartbeat
+                     ) -> t.RunOutput:
         """Follow the runner's messages until it is done, fails, stalls, or the worker stops."""
         info = activity.info()
         identity = run_identity(inp)
@@ -416,7 +426,7 @@ class BacktestActivities:
                 try:
                     msg = await asyncio.wait_for(runner.messages.get(), HEARTBEAT_EVERY_S)
                 except TimeoutError:
-                    msg = {"type": "tick"}
+                    msg = _QUIET
                 now = time.monotonic()
                 if msg is None:  # channel closed: the runner has exited
                     code = await runner.wait()
@@ -430,45 +440,42 @@ class BacktestActivities:
                                 self._store_checkpoint(inp, identity, runner, pending))
                             await asyncio.gather(final, return_exceptions=True)
                             self._took(final, state)
-                        activity.heartbeat(dict(state))
-                        self._event(inp.job_id, "run_stopped", ticks_done=state["ticks_done"],
-                                    checkpoint_key=state["checkpoint_key"])
-                        raise ApplicationError(
-                            f"worker shutting down; checkpoint at {state['ticks_done']} ticks",
-                            dict(state), type=t.WORKER_SHUTDOWN)
-                    raise ApplicationError(
+                        self._beat(state)
+                        self._event(inp.job_id, "run_stopped", ticks_done=state.ticks_done,
+                                    checkpoint_key=state.checkpoint_key)
+                        raise WorkerShutdown(
+                            f"worker shutting down; checkpoint at {state.ticks_done} ticks",
+                            details=dataclasses.asdict(state))
+                    raise RunnerDied(
                         f"runner exited with code {code} without a result; its output: "
-                        f"{runner.output()['stderr'][-2000:] or '(none)'}", dict(state),
-                        type="RunnerDied")
-                kind = msg["type"]
-                if kind == "progress":
-                    pos = (msg.get("ticks_done"), msg.get("sim_ts"), msg.get("phase"))
-                    if pos != last_pos:
-                        last_pos, last_move = pos, now
-                    state.update(progress=int(msg.get("ticks_done") or 0),
-                                 sim_ts=int(msg.get("sim_ts") or 0),
-                                 at={"tick": msg.get("tick"), "ts": msg.get("sim_ts"),
-                                     "symbol": msg.get("symbol"), "phase": msg.get("phase")})
-                elif kind == "checkpoint":
-                    last_move = now
-                    if pending is not None:  # superseded before it was uploaded
-                        (runner.workdir / f"ckpt-{pending:013d}.bin").unlink(missing_ok=True)
-                    pending = int(msg["ticks_done"])
-                elif kind == "started":
-                    # The host pid of the runner's process group (inside a sandbox, the
-                    # runner's own pid is that of its pid namespace).
-                    self._event(inp.job_id, "runner_started", pid=runner.proc.pid,
-                                resumed_from=msg.get("resumed_from"))
-                elif kind == "warning":
-                    state.update(checkpoint_key=None, ticks_done=0)
-                    self._event(inp.job_id, "checkpoint_discarded", message=msg.get("message"))
-                elif kind == "stopped":
-                    pass  # reported once its final checkpoint is stored (below)
-                elif kind == "done":
-                    return await self._finish(inp, runner, msg, state)
-                elif kind == "error":
-                    await runner.wait()
-                    self._fail(inp.job_id, msg, runner)
+                        f"{runner.output()['stderr'][-2000:] or '(none)'}",
+                        details=dataclasses.asdict(state))
+                match msg:
+                    case protocol.Progress() if msg is not _QUIET:
+                        pos = (msg.ticks_done, msg.sim_ts, msg.phase)
+                        if pos != last_pos:
+                            last_pos, last_move = pos, now
+                        state.progress, state.sim_ts = msg.ticks_done, msg.sim_ts
+                        state.at = t.TickAt(msg.tick, msg.sim_ts, msg.symbol, msg.phase)
+                    case protocol.Checkpoint():
+                        last_move = now
+                        if pending is not None:  # superseded before it was uploaded
+                            (runner.workdir / f"ckpt-{pending:013d}.bin").unlink(missing_ok=True)
+                        pending = msg.ticks_done
+                    case protocol.Started():
+                        # The host pid of the runner's process group (inside a sandbox, the
+                        # runner's own pid is that of its pid namespace).
+                        self._event(inp.job_id, "runner_started", pid=runner.proc.pid,
+                                    resumed_from=msg.resumed_from)
+                    case protocol.Warning():
+                        state.checkpoint_key, state.ticks_done = None, 0
+                        self._event(inp.job_id, "checkpoint_discarded", message=msg.message)
+                    case protocol.Done():
+                        return await self._finish(inp, runner, msg, state)
+                    case protocol.Failed():
+                        await runner.wait()
+                        self._fail(inp.job_id, msg, runner)
+                    # Stopped: reported once its final checkpoint is stored (below).
 
                 if upload is not None and (upload.done() or stopping):
                     await asyncio.gather(upload, return_exceptions=True)
@@ -482,19 +489,18 @@ class BacktestActivities:
                     stopping = True
                     activity.logger.info("worker shutdown: asking the runner of %s for a final "
                                          "checkpoint", inp.job_id)
-                    await runner.send("stop")
+                    await runner.send(protocol.STOP)
                 if now - last_move > inp.options.stall_timeout_s:
                     runner.kill()
                     await runner.wait()
-                    at = state.get("at") or {}
-                    self._fail(inp.job_id, {
-                        "kind": t.STRATEGY_TIMEOUT, "retryable": False,
-                        "message": f"no progress for {inp.options.stall_timeout_s:.0f} s "
-                                   f"(strategy stuck in a loop?) at tick {at.get('tick', 0)} "
-                                   f"(ts={at.get('ts')}, symbol={at.get('symbol')}, "
-                                   f"in {at.get('phase', 'start-up')})",
-                        "traceback": ""}, runner)
-                activity.heartbeat(dict(state))
+                    at = state.at
+                    where = (f"at tick {at.tick} (ts={at.ts}, symbol={at.symbol}, in {at.phase})"
+                             if at else "at tick 0 (ts=None, symbol=None, in start-up)")
+                    self._fail(inp.job_id, protocol.Failed(
+                        kind=StrategyTimeout.code, message=f"no progress for "
+                        f"{inp.options.stall_timeout_s:.0f} s (strategy stuck in a loop?) {where}"),
+                        runner)
+                self._beat(state)
                 if now - last_signal >= SIGNAL_EVERY_S:
                     last_signal = now
                     await self._signal_progress(info.workflow_id, state)
@@ -525,18 +531,18 @@ class BacktestActivities:
         return await asyncio.to_thread(work)
 
     @staticmethod
-    def _took(upload: asyncio.Future[tuple[str, int]], state: dict[str, Any]) -> None:
+    def _took(upload: asyncio.Future[tuple[str, int]], state: t.RunHeartbeat) -> None:
         """Point the heartbeat at an uploaded checkpoint (a failed upload changes nothing)."""
         try:
             key, ticks = upload.result()
         except Exception as e:  # noqa: BLE001 - storage down: the next checkpoint tries again
             activity.logger.warning("checkpoint upload failed: %s", e)
             return
-        state.update(checkpoint_key=key, ticks_done=ticks)
-        activity.heartbeat(dict(state))
+        state.checkpoint_key, state.ticks_done = key, ticks
+        BacktestActivities._beat(state)
 
-    async def _finish(self, inp: t.RunInput, runner: Any, msg: dict[str, Any],
-                      state: dict[str, Any]) -> t.RunOutput:
+    async def _finish(self, inp: t.RunInput, runner: RunnerProcess, msg: protocol.Done,
+                      state: t.RunHeartbeat) -> t.RunOutput:
         """Check the runner's result, sign it, stage it; the run's output is its staged key."""
         code = await runner.wait()
         out = runner.output()
@@ -544,17 +550,16 @@ class BacktestActivities:
             self._event(inp.job_id, "runner_output", **out)
         prefix = await self._while_beating(
             asyncio.to_thread(self._stage_result, inp, runner.workdir / "result",
-                              str(msg.get("result_hash"))), state)
-        await self._signal_progress(activity.info().workflow_id, state, final=int(msg["ticks"]))
-        self._event(inp.job_id, "run_finished", ticks=msg["ticks"], exit_code=code,
-                    result_hash=msg["result_hash"], resumed_from_ticks=msg["resumed_from_ticks"])
-        return t.RunOutput(prefix, str(msg["result_hash"]), msg["metrics"], int(msg["ticks"]),
-                           int(msg["resumed_from_ticks"]))
+                              msg.result_hash), state)
+        await self._signal_progress(activity.info().workflow_id, state, final=msg.ticks)
+        self._event(inp.job_id, "run_finished", ticks=msg.ticks, exit_code=code,
+                    result_hash=msg.result_hash, resumed_from_ticks=msg.resumed_from_ticks)
+        return t.RunOutput(prefix, msg.result_hash, msg.metrics, msg.ticks, msg.resumed_from_ticks)
 
     def _stage_result(self, inp: t.RunInput, out: Path, claimed_hash: str) -> str:
         """Verify the result directory the runner wrote, sign it and upload it to staging."""
         from tickreplay.engine.core import ENGINE_VERSION
-        from tickreplay.results import ResultsError, sign_results, verify_results
+        from tickreplay.results import sign_results, verify_results
         from tickreplay.results.files import MANIFEST
 
         try:
@@ -572,8 +577,7 @@ class BacktestActivities:
                 raise ResultsError(f"result inputs do not match the run: {wrong or 'result hash'}")
             signed = sign_results(out, self.key)
         except ResultsError as e:
-            raise ApplicationError(f"result refused: {e}", type=t.RESULT_ERROR,
-                                   non_retryable=True) from None
+            raise ResultsError(f"result refused: {e}") from None
         artifacts = self._artifacts()
         prefix = f"staging/{inp.job_id}/{signed['result_hash']}/{os.urandom(6).hex()}"
 
@@ -585,13 +589,13 @@ class BacktestActivities:
         self._retry(upload, "stage results")
         return prefix
 
-    def _fail(self, job_id: str, msg: dict[str, Any], runner: Any) -> None:
+    def _fail(self, job_id: str, msg: protocol.Failed, runner: RunnerProcess) -> NoReturn:
         """Record the failure (with traceback and output) in the job's logs and raise it."""
         out = runner.output()
-        err = {"kind": msg["kind"], "message": msg["message"], "traceback": msg.get("traceback"),
+        err = {"kind": msg.kind, "message": msg.message, "traceback": msg.traceback,
                "stderr": out["stderr"][-4000:], "stdout": out["stdout"][-4000:],
                "node": self.node}
-        self._event(job_id, "run_failed", error_type=msg["kind"], message=msg["message"])
+        self._event(job_id, "run_failed", error_type=msg.kind, message=msg.message)
 
         def write() -> None:
             try:
@@ -601,16 +605,15 @@ class BacktestActivities:
                 activity.logger.warning("could not store the error of %s", job_id)
 
         self._events.submit(write)
-        raise ApplicationError(msg["message"], {"traceback": msg.get("traceback")},
-                               type=msg["kind"], non_retryable=not msg.get("retryable", False))
+        raise reported_error(msg.kind, msg.message, {"traceback": msg.traceback})
 
-    async def _signal_progress(self, workflow_id: str, state: dict[str, Any],
+    async def _signal_progress(self, workflow_id: str, state: t.RunHeartbeat,
                                final: int | None = None) -> None:
         """Tell the workflow how far we are (so its status query can answer without I/O)."""
         try:
             handle = activity.client().get_workflow_handle(workflow_id)
             await asyncio.wait_for(handle.signal("progress", t.Progress(
-                final if final is not None else state["progress"], state["ticks_total"],
-                state["sim_ts"])), 5.0)
+                final if final is not None else state.progress, state.ticks_total,
+                state.sim_ts)), 5.0)
         except Exception:  # noqa: BLE001 - progress is best effort; the run goes on
             activity.logger.debug("progress signal failed", exc_info=True)

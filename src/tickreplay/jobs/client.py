@@ -23,7 +23,14 @@ from tickreplay.errors import JobConflictError
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.strategy.loader import StrategyBundle, bundle_from_spec, load_strategy
-from tickreplay.workflows.types import JobInput, JobOptions, JobResult, SweepInput, SweepResult
+from tickreplay.workflows.types import (
+    JobInput,
+    JobOptions,
+    JobResult,
+    RunHeartbeat,
+    SweepInput,
+    SweepResult,
+)
 
 _STATUS = {
     WorkflowExecutionStatus.RUNNING: "RUNNING",
@@ -169,10 +176,11 @@ async def status(client: Client, job_id: str) -> dict[str, Any]:
     # attempt's last heartbeat, which the server keeps outside the history, is fresher.
     for act in desc.raw_description.pending_activities:
         if act.activity_type.name == "run_backtest" and act.heartbeat_details.payloads:
-            (hb, *_) = await client.data_converter.decode(act.heartbeat_details.payloads)
-            if isinstance(hb, dict) and hb.get("progress", 0) >= out.get("ticks_done", 0):
-                out.update(ticks_done=hb["progress"], sim_ts=hb.get("sim_ts", 0),
-                           ticks_total=hb.get("ticks_total") or out.get("ticks_total", 0))
+            hb = RunHeartbeat.from_details(
+                await client.data_converter.decode(act.heartbeat_details.payloads))
+            if hb is not None and hb.progress >= out.get("ticks_done", 0):
+                out.update(ticks_done=hb.progress, sim_ts=hb.sim_ts,
+                           ticks_total=hb.ticks_total or out.get("ticks_total", 0))
     return out
 
 

@@ -22,7 +22,6 @@ or ``error``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import socket
@@ -32,13 +31,26 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from tickreplay.errors import ResultsError, TickreplayError, classify
 from tickreplay.osutil import atomic_write
+from tickreplay.runner.protocol import (
+    STOP,
+    Checkpoint,
+    Done,
+    Failed,
+    Message,
+    RunnerJob,
+    Started,
+    Stopped,
+    Warning,
+    encode,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_STOPPED = 0, 3, 4
 PROGRESS_EVERY_S = 1.0
 
 
-class ResultBuildError(Exception):
+class ResultBuildError(ResultsError):
     """The finished run's results could not be built or written: deterministic, not retried."""
 
 
@@ -50,8 +62,8 @@ class Channel:
         self._lock = threading.Lock()
         self._reader = self.sock.makefile("rb")
 
-    def send(self, msg_type: str, /, **fields: Any) -> None:
-        line = json.dumps({"type": msg_type, **fields}, default=str).encode() + b"\n"
+    def send(self, msg: Message) -> None:
+        line = encode(msg)
         with self._lock:
             self.sock.sendall(line)
 
@@ -65,7 +77,7 @@ def _watch(chan: Channel, stop: threading.Event) -> None:
         line = chan.readline()
         if not line:
             os._exit(EXIT_STOPPED if stop.is_set() else 137)
-        if line.strip() == b"stop":
+        if line.strip() == STOP.encode():
             stop.set()
 
 
@@ -73,33 +85,12 @@ def _report_progress(chan: Channel, probe: Any, done: threading.Event) -> None:
     """Every second, where the run is; independent of how slow the strategy is per tick."""
     while not done.wait(PROGRESS_EVERY_S):
         try:
-            chan.send("progress", **probe.position())
+            chan.send(probe.position())
         except OSError:
             return
 
 
-def _classify(e: BaseException) -> tuple[str, bool]:
-    """(error type, retryable) of a failure, by what caused it."""
-    from tickreplay.data.errors import DataError
-    from tickreplay.engine.core import CheckpointError
-    from tickreplay.spec import SpecError
-    from tickreplay.strategy.api import StrategyError
-    from tickreplay.workflows import types as t
-
-    kinds: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
-        ((StrategyError, MemoryError, RecursionError), t.STRATEGY_ERROR),
-        (SpecError, t.SPEC_ERROR),
-        (DataError, t.DATA_ERROR),
-        (CheckpointError, t.CHECKPOINT_ERROR),
-        (ResultBuildError, t.RESULT_ERROR),
-    ]
-    for types_, kind in kinds:
-        if isinstance(e, types_):
-            return kind, False
-    return "RunnerError", True
-
-
-def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
+def run(job: RunnerJob, chan: Channel, stop: threading.Event) -> int:
     """Execute one job description (local files only); returns the exit code."""
     from tickreplay.data.catalog import DataPlan
     from tickreplay.results import write_results
@@ -114,21 +105,21 @@ def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
     from tickreplay.spec import BacktestSpec
     from tickreplay.strategy.loader import StrategyBundle
 
-    workdir = Path(job["workdir"])
-    bundle = StrategyBundle.from_bytes(job["bundle"].encode())
-    if bundle.digest != job["strategy_digest"]:
-        raise RuntimeError(f"strategy bundle digest {bundle.digest} != {job['strategy_digest']}")
-    plan = DataPlan.from_dict(job["plan"])
-    spec = BacktestSpec.model_validate(job["spec"])
+    workdir = Path(job.workdir)
+    bundle = StrategyBundle.from_bytes(job.bundle.encode())
+    if bundle.digest != job.strategy_digest:
+        raise RuntimeError(f"strategy bundle digest {bundle.digest} != {job.strategy_digest}")
+    plan = DataPlan.from_dict(job.plan)
+    spec = BacktestSpec.model_validate(job.spec)
     params = validated_params(bundle, spec.params)
-    paths = {k: Path(v) for k, v in job["paths"].items()}
-    resumed_from = int(job.get("resumed_from") or 0)
-    blob = Path(job["checkpoint_file"]).read_bytes() if job.get("checkpoint_file") else None
+    paths = {k: Path(v) for k, v in job.paths.items()}
+    resumed_from = job.resumed_from
+    blob = Path(job.checkpoint_file).read_bytes() if job.checkpoint_file else None
 
     def on_checkpoint(data: bytes, ticks: int) -> None:
         path = workdir / f"ckpt-{ticks:013d}.bin"
         atomic_write(path, data)
-        chan.send("checkpoint", path=str(path), ticks_done=ticks)
+        chan.send(Checkpoint(path=str(path), ticks_done=ticks))
 
     if blob is not None:
         from tickreplay.engine.core import CheckpointError, Engine
@@ -137,21 +128,21 @@ def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
         try:  # a checkpoint from another engine version: start over
             Engine.restore(blob, load_strategy(bundle, params)[0])
         except CheckpointError as e:
-            chan.send("warning", message=f"checkpoint unusable ({e}); starting from the first tick")
+            chan.send(Warning(message=f"checkpoint unusable ({e}); starting from the first tick"))
             blob, resumed_from = None, 0
-    chan.send("started", resumed_from=resumed_from, pid=os.getpid())
+    chan.send(Started(resumed_from=resumed_from, pid=os.getpid()))
     probe = RunProbe()
     finished = threading.Event()
     threading.Thread(target=_report_progress, args=(chan, probe, finished), daemon=True).start()
     try:
         result = simulate(bundle, params, plan, spec.config, lambda p: paths[p.key],
-                          ticks_total=int(job.get("ticks_total", 0)), checkpoint=blob,
+                          ticks_total=job.ticks_total, checkpoint=blob,
                           on_checkpoint=on_checkpoint,
-                          checkpoint_every_s=float(job["checkpoint_every_s"]),
+                          checkpoint_every_s=job.checkpoint_every_s,
                           should_stop=stop.is_set, probe=probe)
     except StopRequested as e:
         finished.set()
-        chan.send("stopped", message=str(e))
+        chan.send(Stopped(message=str(e)))
         return EXIT_STOPPED
     probe.phase = "writing results"
     out = workdir / "result"
@@ -162,8 +153,8 @@ def run(job: dict[str, Any], chan: Channel, stop: threading.Event) -> int:
     except (TypeError, ValueError) as e:
         raise ResultBuildError(f"cannot write the results: {e}") from e
     finished.set()
-    chan.send("done", result_dir=str(out), result_hash=manifest["result_hash"],
-              metrics=rs.metrics, ticks=result.ticks, resumed_from_ticks=resumed_from)
+    chan.send(Done(result_dir=str(out), result_hash=manifest["result_hash"], metrics=rs.metrics,
+                   ticks=result.ticks, resumed_from_ticks=resumed_from))
     return EXIT_OK
 
 
@@ -187,8 +178,8 @@ def main() -> None:
     line = chan.readline()
     if not line:  # the worker shut down before giving this spare runner a job
         os._exit(0)
-    job = json.loads(line)
-    mem_mb = int(job.get("memory_mb") or 0)
+    job = RunnerJob.model_validate_json(line)
+    mem_mb = job.memory_mb
     if mem_mb > 0:
         resource.setrlimit(resource.RLIMIT_AS, (mem_mb * 1024 * 1024, mem_mb * 1024 * 1024))
     stop = threading.Event()
@@ -196,12 +187,12 @@ def main() -> None:
     try:
         code = run(job, chan, stop)
     except BaseException as e:  # noqa: BLE001 - report all; the parent classifies
-        kind, retryable = _classify(e)
+        kind, retryable = classify(e)
         # Our own errors are named by ``kind``; only a foreign exception needs its type name.
-        msg = f"{type(e).__name__}: {e}" if kind == "RunnerError" else str(e)
+        msg = str(e) if isinstance(e, TickreplayError) else f"{type(e).__name__}: {e}"
         try:
-            chan.send("error", kind=kind, retryable=retryable, message=msg,
-                      traceback="".join(traceback.format_exception(e)))
+            chan.send(Failed(kind=kind, retryable=retryable, message=msg,
+                             traceback="".join(traceback.format_exception(e))))
         except OSError:
             pass
         code = EXIT_ERROR

@@ -26,6 +26,7 @@ from tickreplay.engine.config import RunConfig
 from tickreplay.engine.core import ENGINE_VERSION, Engine, EngineResult
 from tickreplay.results import ResultSet
 from tickreplay.results.metrics import compute
+from tickreplay.runner import protocol
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.strategy.loader import StrategyBundle, bundle_from_spec, load_strategy
@@ -60,8 +61,8 @@ class RunProbe:
         self.chunk_base = 0
         self.phase = "starting"
 
-    def position(self) -> dict[str, Any]:
-        """``{ticks_done, tick, sim_ts, symbol, phase}`` as of now.
+    def position(self) -> protocol.Progress:
+        """``ticks_done, tick, sim_ts, symbol, phase`` as of now.
 
         ``tick`` is the 1-based number of the tick being processed (the first of its
         timestamp, if several ticks share it); ``ticks_done`` counts the ticks before it.
@@ -70,13 +71,13 @@ class RunProbe:
 
         eng, ts, base = self.engine, self.chunk_ts, self.chunk_base
         if eng is None:
-            return {"ticks_done": 0, "tick": 0, "sim_ts": 0, "symbol": None, "phase": self.phase}
+            return protocol.Progress(phase=self.phase)
         now = int(eng._tick.ts or 0)
         done = eng.ticks_done
         if ts is not None and self.phase == "running" and len(ts):
             done = base + int(np.searchsorted(ts, now, side="left"))
-        return {"ticks_done": done, "tick": done + 1 if self.phase == "running" else done,
-                "sim_ts": now, "symbol": eng._tick.symbol, "phase": self.phase}
+        return protocol.Progress(ticks_done=done, tick=done + 1 if self.phase == "running" else done,
+                                 sim_ts=now, symbol=eng._tick.symbol, phase=self.phase)
 
 
 class StopRequested(Exception):

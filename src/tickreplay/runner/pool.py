@@ -13,16 +13,15 @@ hidden (the signing key lives there), and exactly one writable directory of its 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from tickreplay.osutil import die_with_parent, kill_group
+from tickreplay.runner.protocol import Message, RunnerJob, decode, encode
 from tickreplay.settings import Settings
 
 # Variables a runner may inherit: nothing that names a credential or the platform's key.
@@ -120,7 +119,8 @@ class RunnerProcess:
         self.workdir = workdir
         self.stdout = BoundedOutput()
         self.stderr = BoundedOutput()
-        self.messages: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self.messages: asyncio.Queue[Message | None] = asyncio.Queue()
+        self.bad_lines = 0  # lines on the channel that were not a valid message
         self._tasks = [asyncio.ensure_future(self._pump(proc.stdout, self.stdout)),
                        asyncio.ensure_future(self._pump(proc.stderr, self.stderr)),
                        asyncio.ensure_future(self._read_channel())]
@@ -151,12 +151,11 @@ class RunnerProcess:
     async def _read_channel(self) -> None:
         try:
             async for line in self.reader:
-                try:
-                    msg = json.loads(line)
-                except json.JSONDecodeError:
+                msg = decode(line)
+                if msg is None:
+                    self.bad_lines += 1
                     continue
-                if isinstance(msg, dict) and isinstance(msg.get("type"), str):
-                    await self.messages.put(msg)
+                await self.messages.put(msg)
         except (ConnectionError, OSError):
             pass
         await self.messages.put(None)  # channel closed: the runner is gone
@@ -164,10 +163,11 @@ class RunnerProcess:
     def alive(self) -> bool:
         return self.proc.returncode is None
 
-    async def send(self, obj: dict[str, Any] | str) -> None:
-        data = obj if isinstance(obj, str) else json.dumps(obj)
+    async def send(self, obj: RunnerJob | str) -> None:
+        """Send the job, or a control line such as ``protocol.STOP``."""
+        data = (obj + "\n").encode() if isinstance(obj, str) else encode(obj)
         try:
-            self.writer.write(data.encode() + b"\n")
+            self.writer.write(data)
             await self.writer.drain()
         except (ConnectionError, OSError):
             pass

@@ -24,11 +24,9 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from tickreplay.errors import NodeUnhealthy, NoNodeCanRun, WorkerShutdown
     from tickreplay.workflows.types import (
-        NO_NODE,
-        NODE_UNHEALTHY,
         NON_RETRYABLE,
-        WORKER_SHUTDOWN,
         JobInput,
         JobResult,
         PlanInput,
@@ -37,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         PublishInput,
         PublishOutput,
         ResolveInput,
+        RunHeartbeat,
         RunInput,
         RunOutput,
         StrategyRef,
@@ -136,7 +135,7 @@ class BacktestWorkflow:
         failures back off (capped) until ``retry_budget_s`` passes without progress.
         """
         opts = job.options
-        resume: dict[str, Any] | None = None
+        resume: RunHeartbeat | None = None
         unhealthy: dict[str, str] = {}
         failing_since: Any = None
         backoff = 1.0
@@ -160,19 +159,20 @@ class BacktestWorkflow:
                 cause = e.cause
                 lost = isinstance(cause, TimeoutError) and cause.type in (
                     TimeoutType.SCHEDULE_TO_START, TimeoutType.HEARTBEAT)
-                handed_over = isinstance(cause, ApplicationError) and cause.type == WORKER_SHUTDOWN
+                handed_over = isinstance(cause, ApplicationError) and cause.type == WorkerShutdown.code
                 retryable = isinstance(cause, ApplicationError) and not cause.non_retryable
                 if not (lost or retryable) or self._placements >= opts.max_placements:
                     raise
                 details = list((cause.last_heartbeat_details if isinstance(cause, TimeoutError)
                                 else cause.details) or [])  # type: ignore[union-attr]
-                ticks_before = int((resume or {}).get("ticks_done", 0))
-                if details and isinstance(details[0], dict) and details[0].get("checkpoint_key"):
-                    resume = details[0]
+                ticks_before = resume.ticks_done if resume else 0
+                beat = RunHeartbeat.from_details(details)
+                if beat is not None and beat.checkpoint_key:
+                    resume = beat
                 if lost or handed_over:
                     workflow.logger.info("node %s lost; re-placing from %s", node.node, resume)
                     continue
-                if int((resume or {}).get("ticks_done", 0)) > ticks_before:
+                if (resume.ticks_done if resume else 0) > ticks_before:
                     failing_since, backoff = None, 1.0
                 failing_since = failing_since or workflow.now()
                 if (workflow.now() - failing_since).total_seconds() > opts.retry_budget_s:
@@ -194,7 +194,7 @@ class BacktestWorkflow:
                     if unhealthy else STORAGE_BUDGET)
             except ActivityError as e:
                 cause = e.cause
-                if isinstance(cause, ApplicationError) and cause.type == NODE_UNHEALTHY:
+                if isinstance(cause, ApplicationError) and cause.type == NodeUnhealthy.code:
                     d = (list(cause.details or []) or [{}])[0]
                     unhealthy[str(d.get("node"))] = str(d.get("reason"))
                     workflow.logger.warning("%s; placing the run elsewhere", cause.message)
@@ -203,7 +203,7 @@ class BacktestWorkflow:
                     raise ApplicationError(
                         "no node can run this job: " + "; ".join(
                             f"node {n}: {r}" for n, r in sorted(unhealthy.items())),
-                        type=NO_NODE, non_retryable=True) from e
+                        type=NoNodeCanRun.code, non_retryable=True) from e
                 raise
 
     @workflow.signal(name="progress")

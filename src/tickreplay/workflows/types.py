@@ -7,23 +7,14 @@ data, checkpoints and results live in the object store (payloads are capped at 2
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-# Non-retryable error types (ApplicationError.type): the same inputs would fail the same way.
-STRATEGY_ERROR = "StrategyError"
-SPEC_ERROR = "SpecError"
-DATA_ERROR = "CorruptData"
-EMPTY_PLAN = "EmptyPlan"
-CHECKPOINT_ERROR = "CheckpointError"
-STRATEGY_TIMEOUT = "StrategyTimeout"
-RESULT_CONFLICT = "ResultConflict"
-RESULT_ERROR = "ResultError"  # the run's output cannot be written (would fail every retry)
-NON_RETRYABLE = [STRATEGY_ERROR, SPEC_ERROR, DATA_ERROR, EMPTY_PLAN, CHECKPOINT_ERROR,
-                 STRATEGY_TIMEOUT, RESULT_CONFLICT, RESULT_ERROR]
-WORKER_SHUTDOWN = "WorkerShutdown"  # retryable: resume elsewhere from the final checkpoint
-NODE_UNHEALTHY = "NodeUnhealthy"  # this node cannot run it (cache read-only/full): place elsewhere
-NO_NODE = "NoNodeCanRun"  # every node tried was unhealthy
+from tickreplay.errors import non_retryable_codes
+
+# Error codes the workflows match on are the ``code`` of the classes in tickreplay.errors; the
+# non-retryable list of every retry policy is derived from those classes, never kept by hand.
+NON_RETRYABLE = non_retryable_codes()
 
 
 @dataclass
@@ -103,7 +94,54 @@ class RunInput:
     plan: PlanRef
     ticks_total: int
     options: JobOptions
-    resume: dict[str, Any] | None = None  # {"checkpoint_key": ..., "ticks_done": ...}
+    resume: RunHeartbeat | None = None  # where to resume (from a lost attempt's heartbeat)
+
+
+@dataclass
+class TickAt:
+    """The tick a run was last seen at (reported when a strategy stalls)."""
+
+    tick: int = 0
+    ts: int = 0
+    symbol: str | None = None
+    phase: str | None = None
+
+
+@dataclass
+class RunHeartbeat:
+    """The details of every ``run_backtest`` heartbeat (and of its retryable failures).
+
+    Read by the next attempt (resume from ``checkpoint_key``), by the workflow (re-placement
+    from the lost attempt's last heartbeat) and by ``tickreplay status`` (fresher progress than
+    the workflow's). ``checkpoint_key`` is only ever set to a checkpoint already stored.
+    """
+
+    checkpoint_key: str | None = None
+    ticks_done: int = 0  # ticks covered by checkpoint_key
+    progress: int = 0  # ticks processed by the running attempt
+    ticks_total: int = 0
+    sim_ts: int = 0
+    node: str = ""
+    at: TickAt | None = None
+
+    @classmethod
+    def from_details(cls, details: Any) -> RunHeartbeat | None:
+        """The heartbeat in a list of Temporal details (decoded untyped, as a dict), if any.
+
+        Unknown keys are ignored and missing ones take their defaults, so details written by
+        an older worker (or without ``at``) still read.
+        """
+        first = (list(details or []) or [None])[0]
+        if isinstance(first, cls):
+            return first
+        if not isinstance(first, dict):
+            return None
+        known = {f.name for f in fields(cls)} - {"at"}
+        hb = cls(**{k: v for k, v in first.items() if k in known})
+        if isinstance(first.get("at"), dict):
+            hb.at = TickAt(**{k: v for k, v in first["at"].items()
+                              if k in {f.name for f in fields(TickAt)}})
+        return hb
 
 
 @dataclass
