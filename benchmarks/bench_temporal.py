@@ -35,7 +35,8 @@ from tickreplay.results import write_results
 from tickreplay.runner.driver import count_ticks, fetch_plan, run_local, simulate, validated_params
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
-from tickreplay.stack.services import SeaweedFS, TemporalDevServer
+from tickreplay.stack.seaweedfs import SeaweedFS
+from tickreplay.stack.temporal import TemporalDevServer
 from tickreplay.strategy.loader import bundle_from_spec
 
 REPEAT = 3

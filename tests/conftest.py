@@ -13,7 +13,8 @@ import pytest
 
 from tickreplay.data.objectstore import S3Store
 from tickreplay.settings import Settings
-from tickreplay.stack.services import SeaweedFS, TemporalDevServer
+from tickreplay.stack.seaweedfs import SeaweedFS
+from tickreplay.stack.temporal import TemporalDevServer
 
 
 @pytest.fixture(scope="session")

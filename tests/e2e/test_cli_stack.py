@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tickreplay.stack.services import free_port
+from tickreplay.stack.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

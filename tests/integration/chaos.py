@@ -83,7 +83,8 @@ from tickreplay.runner.child import die_with_parent
 from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
-from tickreplay.stack.services import SeaweedFS, TemporalDevServer
+from tickreplay.stack.seaweedfs import SeaweedFS
+from tickreplay.stack.temporal import TemporalDevServer
 from tickreplay.workflows.types import JobOptions, JobResult
 
 ACCESS, SECRET = "chaos", "chaos-secret-key"

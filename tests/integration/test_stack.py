@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from tickreplay.cli import app
 from tickreplay.settings import Settings
 from tickreplay.stack import control as stack
-from tickreplay.stack.services import free_port
+from tickreplay.stack.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

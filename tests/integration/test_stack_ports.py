@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tickreplay.stack import control as stack
-from tickreplay.stack.services import free_port
+from tickreplay.stack.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 

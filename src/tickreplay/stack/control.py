@@ -3,8 +3,8 @@
 Why detached processes with PID files rather than a supervisor: ``up`` must return (to a shell,
 ``make demo``, a test) while the stack keeps running, and ``down`` from another shell must stop
 exactly what ``up`` started. Each part runs in its own session, so a Ctrl-C in the terminal that
-ran ``up`` does not reach it. A PID file records the process's create time and command line as
-well as its pid: the kernel recycles pids, and a recycled pid must never be signalled.
+ran ``up`` does not reach it. The PID records (:mod:`tickreplay.stack.pids`) identify a process
+by create time and command line as well as pid, so a recycled pid is never signalled.
 
 Layout of a state dir (default ``Settings().home``, i.e. ``~/.tickreplay``)::
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -28,8 +27,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,31 +34,38 @@ from typing import Any
 import psutil
 
 from tickreplay.errors import StackError
+from tickreplay.osutil import atomic_write, kill_group
 from tickreplay.settings import Settings
-from tickreplay.stack.services import SeaweedFS, TemporalDevServer, log_tail, port_is_free
+from tickreplay.stack.pids import (
+    PUBLIC_MODE,
+    SERVICES,
+    PartStatus,
+    PidRecord,
+    locked,
+    pid_path,
+    read_last_ports,
+    read_records,
+    write_last_ports,
+    write_record,
+)
+from tickreplay.stack.ports import DEFAULT_PORTS, check_ports_free, choose_ports
+from tickreplay.stack.process import log_tail
+from tickreplay.stack.seaweedfs import SeaweedFS
+from tickreplay.stack.temporal import TemporalDevServer
+
+# Importers of this module (the CLI, tests, docs/stack.md) use these names from here.
+__all__ = ["DEFAULT_PORTS", "WORKER_MODULE", "PartStatus", "StackError", "StackInfo", "down",
+           "status", "up"]
 
 log = logging.getLogger(__name__)
 
+# Read at each spawn, so a test can point workers at a module that fails to import.
 WORKER_MODULE = "tickreplay.workers.main"
-DEFAULT_PORTS: dict[str, int] = {"temporal": 7233, "ui": 8233, "s3": 8333}
-_PORT_OWNER = {"temporal": ("temporal", "gRPC"), "ui": ("temporal", "Web UI"), "s3": ("seaweedfs", "S3")}
-_SERVICES = ("temporal", "seaweedfs")
 # A worker that cannot import its code or reach Temporal dies within a second or two; one that
 # is still alive after this long is past its start-up failures.
 _WORKER_SETTLE_S = 2.0
 # Bound on waiting for a worker to show up as a poller: the check is a confirmation, not a gate.
 _POLLER_WAIT_S = 30.0
-
-
-@dataclass(frozen=True)
-class PartStatus:
-    """One process of the stack as its PID file and the kernel see it."""
-
-    name: str
-    pid: int
-    alive: bool
-    endpoint: str | None
-    log: Path | None
 
 
 @dataclass(frozen=True)
@@ -90,114 +94,10 @@ class StackInfo:
         return d
 
 
-@dataclass(frozen=True)
-class _PidRecord:
-    name: str
-    pid: int
-    create_time: float
-    cmdline: list[str]
-    ports: dict[str, int]
-    endpoint: str | None
-    log: str | None
-
-    @classmethod
-    def capture(cls, name: str, pid: int, ports: dict[str, int], endpoint: str | None,
-                log_path: Path) -> _PidRecord:
-        proc = psutil.Process(pid)
-        return cls(name, pid, proc.create_time(), proc.cmdline(), ports, endpoint, str(log_path))
-
-    def process(self) -> psutil.Process | None:
-        """The running process this record describes; ``None`` if it is gone or the pid reused."""
-        try:
-            proc = psutil.Process(self.pid)
-            if (abs(proc.create_time() - self.create_time) < 0.01
-                    and proc.cmdline() == self.cmdline
-                    and proc.status() != psutil.STATUS_ZOMBIE):
-                return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-        return None
-
-    def status(self) -> PartStatus:
-        return PartStatus(self.name, self.pid, self.process() is not None, self.endpoint,
-                          Path(self.log) if self.log else None)
-
-
-def _part_order(name: str) -> tuple[int, int]:
-    if name in _SERVICES:
-        return (_SERVICES.index(name), 0)
-    return (len(_SERVICES), int(name.rpartition("-")[2]) if name[-1:].isdigit() else 0)
-
-
-def _ports_path(state_dir: Path) -> Path:
-    return state_dir / "ports.json"
-
-
-def _read_last_ports(state_dir: Path) -> dict[str, int]:
-    """The ports of the last successful ``up`` in this state dir (``{}`` if none or unreadable).
-
-    Kept apart from the PID files, which ``down`` removes: the next ``up`` must come back on
-    the same ports, or every client configured for this stack would talk to the wrong one.
-    """
-    try:
-        doc = json.loads(_ports_path(state_dir).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable %s (%s)", _ports_path(state_dir), e)
-        return {}
-    if not isinstance(doc, dict):
-        return {}
-    return {k: v for k, v in doc.items()
-            if k in DEFAULT_PORTS and isinstance(v, int) and 0 < v < 65536}
-
-
-def _pid_path(state_dir: Path, name: str) -> Path:
-    return state_dir / "pids" / f"{name}.pid"
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
-    tmp.replace(path)
-
-
-def _write_record(state_dir: Path, rec: _PidRecord) -> None:
-    _pid_path(state_dir, rec.name).parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(_pid_path(state_dir, rec.name), json.dumps(dataclasses.asdict(rec)))
-
-
-def _read_records(state_dir: Path) -> dict[str, _PidRecord]:
-    records: dict[str, _PidRecord] = {}
-    for path in sorted((state_dir / "pids").glob("*.pid")):
-        try:
-            rec = _PidRecord(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            log.warning("ignoring unreadable pid file %s (%s)", path, e)
-            path.unlink(missing_ok=True)
-            continue
-        records[rec.name] = rec
-    return dict(sorted(records.items(), key=lambda kv: _part_order(kv[0])))
-
-
-@contextmanager
-def _locked(state_dir: Path) -> Iterator[None]:
-    # Two concurrent `up`s would both see a part missing and start it twice.
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "stack.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StackError("stack", f"another `tickreplay up` or `down` is running on "
-                                      f"{state_dir}") from None
-        yield
-
-
 def status(state_dir: Path) -> StackInfo:
     """Every part recorded in ``state_dir``: pid, whether that very process still runs, endpoint."""
     state_dir = Path(state_dir).expanduser().resolve()
-    records = _read_records(state_dir)
+    records = read_records(state_dir)
     temporal, s3 = records.get("temporal"), records.get("seaweedfs")
     return StackInfo(
         state_dir=state_dir,
@@ -245,57 +145,36 @@ def up(
     """
     state_dir = Path(state_dir).expanduser().resolve()
     settings = settings or Settings()
-    with _locked(state_dir):
-        alive: dict[str, _PidRecord] = {}
-        previous: dict[str, int] = _read_last_ports(state_dir)
-        for name, rec in _read_records(state_dir).items():
+    with locked(state_dir):
+        alive: dict[str, PidRecord] = {}
+        previous: dict[str, int] = read_last_ports(state_dir)
+        for name, rec in read_records(state_dir).items():
             if rec.process() is None:
                 log.info("%s (pid %d) is gone; removing its stale pid file", name, rec.pid)
-                _pid_path(state_dir, name).unlink(missing_ok=True)
+                pid_path(state_dir, name).unlink(missing_ok=True)
                 previous.update(rec.ports)
             else:
                 alive[name] = rec
-        ports = _choose_ports(state_dir, alive, previous, {"temporal": temporal_port,
-                                                           "ui": ui_port, "s3": s3_port})
-        wanted = [*_SERVICES, *(f"worker-{i}" for i in range(1, workers + 1))]
+        running = {k: v for rec in alive.values() for k, v in rec.ports.items()}
+        ports = choose_ports(state_dir, running, previous, {"temporal": temporal_port,
+                                                            "ui": ui_port, "s3": s3_port})
+        wanted = [*SERVICES, *(f"worker-{i}" for i in range(1, workers + 1))]
         missing = [name for name in wanted if name not in alive]
         if not missing:
-            _write_atomic(_ports_path(state_dir), json.dumps(ports, indent=2) + "\n")
+            write_last_ports(state_dir, ports)
             return status(state_dir)
-        _check_ports_free(ports, missing)
+        check_ports_free(ports, missing)
         return _start(state_dir, ports, missing, alive, settings, time.monotonic() + timeout)
 
 
-def _choose_ports(state_dir: Path, alive: dict[str, _PidRecord], previous: dict[str, int],
-                  requested: dict[str, int | None]) -> dict[str, int]:
-    # A part that died comes back on its old port: the parts still running were given that one.
-    running = {k: v for rec in alive.values() for k, v in rec.ports.items()}
-    ports: dict[str, int] = {}
-    for key, want in requested.items():
-        have = running.get(key)
-        if have is not None and want is not None and want != have:
-            part, role = _PORT_OWNER[key]
-            raise StackError(part, f"already running from {state_dir} with {role} port {have}; "
-                                   f"run `tickreplay down` first to move it to {want}")
-        ports[key] = next(p for p in (want, have, previous.get(key), DEFAULT_PORTS[key])
-                          if p is not None)
-    if len(set(ports.values())) < len(ports):
-        raise StackError("stack", f"ports must differ: {ports}")
-    return ports
-
-
-def _check_ports_free(ports: dict[str, int], missing: list[str]) -> None:
-    # Checked before anything starts, so a taken S3 port does not leave Temporal half-started.
-    for key, port in ports.items():
-        part, role = _PORT_OWNER[key]
-        if part in missing and not port_is_free(port):
-            raise StackError(part, f"{role} port {port} on 127.0.0.1 is already in use "
-                                   f"(choose another with --{key}-port)")
-
-
 def _start(state_dir: Path, ports: dict[str, int], missing: list[str],
-           alive: dict[str, _PidRecord], settings: Settings, deadline: float) -> StackInfo:
-    started: list[_PidRecord] = []
+           alive: dict[str, PidRecord], settings: Settings, deadline: float) -> StackInfo:
+    """Start the ``missing`` parts in order (Temporal, SeaweedFS, workers).
+
+    All or nothing: if any part fails, the parts this call started are stopped and their PID
+    files removed, so a failed ``up`` leaves the state dir as it found it.
+    """
+    started: list[PidRecord] = []
     warnings: list[str] = []
 
     def remaining() -> float:
@@ -334,7 +213,7 @@ def _start(state_dir: Path, ports: dict[str, int], missing: list[str],
     except BaseException:
         for rec in reversed(started):
             _stop_records([rec], grace=5.0 if rec.name != "seaweedfs" else 0.0)
-            _pid_path(state_dir, rec.name).unlink(missing_ok=True)
+            pid_path(state_dir, rec.name).unlink(missing_ok=True)
         raise
     info = dataclasses.replace(status(state_dir), started=[r.name for r in started],
                                warnings=warnings)
@@ -344,18 +223,22 @@ def _start(state_dir: Path, ports: dict[str, int], missing: list[str],
 
 @dataclass(frozen=True)
 class _Endpoints:
+    """Where the workers and the bucket set-up reach the servers (known before they run)."""
+
     temporal: str
     s3: str
 
 
 def _record(state_dir: Path, name: str, pid: int, ports: dict[str, int], endpoint: str | None,
-            log_path: Path) -> _PidRecord:
-    rec = _PidRecord.capture(name, pid, ports, endpoint, log_path)
-    _write_record(state_dir, rec)
+            log_path: Path) -> PidRecord:
+    """Write the PID record at once: a later failure must be able to stop this part."""
+    rec = PidRecord.capture(name, pid, ports, endpoint, log_path)
+    write_record(state_dir, rec)
     return rec
 
 
 def _create_buckets(settings: Settings, endpoint: str) -> None:
+    """Create the buckets before any worker runs, so no job fails on a missing bucket."""
     from tickreplay.data.objectstore import S3Store
 
     s3 = settings.model_copy(update={"s3_endpoint": endpoint})
@@ -367,6 +250,7 @@ def _create_buckets(settings: Settings, endpoint: str) -> None:
 
 
 def _worker_env(state_dir: Path, endpoints: _Endpoints, settings: Settings) -> dict[str, str]:
+    """The caller's environment plus this stack's endpoints and keys, which take precedence."""
     return {
         **os.environ,
         "TICKREPLAY_HOME": str(state_dir),
@@ -380,6 +264,7 @@ def _worker_env(state_dir: Path, endpoints: _Endpoints, settings: Settings) -> d
 
 def _spawn_worker(state_dir: Path, name: str, endpoints: _Endpoints,
                   settings: Settings) -> subprocess.Popen[bytes]:
+    """Start ``WORKER_MODULE`` detached (own session) with output appended to its log."""
     log_path = state_dir / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as logf:
@@ -415,6 +300,7 @@ def _await_workers(state_dir: Path, procs: dict[str, subprocess.Popen[bytes]],
 
 async def _wait_for_pollers(state_dir: Path, procs: dict[str, subprocess.Popen[bytes]],
                             address: str, settings: Settings, budget: float) -> set[str]:
+    """Names of the workers not seen polling the task queue within ``budget`` seconds."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
@@ -440,6 +326,7 @@ async def _wait_for_pollers(state_dir: Path, procs: dict[str, subprocess.Popen[b
 
 
 def _raise_if_exited(state_dir: Path, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Fail ``up`` with the log tail of the first worker that died while starting."""
     for name, proc in procs.items():
         if proc.poll() is not None:
             log_path = state_dir / "logs" / f"{name}.log"
@@ -449,6 +336,7 @@ def _raise_if_exited(state_dir: Path, procs: dict[str, subprocess.Popen[bytes]])
 
 def _write_stack_files(state_dir: Path, info: StackInfo, ports: dict[str, int],
                        settings: Settings) -> None:
+    """Write ``stack.json``, ``ports.json`` and ``stack.env``: how other commands find the stack."""
     doc = {
         **info.to_dict(),
         "ports": ports,
@@ -460,8 +348,8 @@ def _write_stack_files(state_dir: Path, info: StackInfo, ports: dict[str, int],
         doc.pop(transient)
     for part in doc["parts"]:
         part.pop("alive")  # a snapshot would go stale; `tickreplay ps` checks the kernel
-    _write_atomic(state_dir / "stack.json", json.dumps(doc, indent=2) + "\n")
-    _write_atomic(_ports_path(state_dir), json.dumps(ports, indent=2) + "\n")
+    atomic_write(state_dir / "stack.json", json.dumps(doc, indent=2) + "\n", mode=PUBLIC_MODE)
+    write_last_ports(state_dir, ports)
     env = {
         "TICKREPLAY_TEMPORAL_ADDRESS": info.temporal_address,
         "TICKREPLAY_S3_ENDPOINT": info.s3_endpoint,
@@ -469,7 +357,8 @@ def _write_stack_files(state_dir: Path, info: StackInfo, ports: dict[str, int],
         "TICKREPLAY_S3_SECRET_KEY": settings.s3_secret_key,
     }
     # Holds the S3 secret: readable by the owner only.
-    _write_atomic(state_dir / "stack.env", "".join(f"{k}={v}\n" for k, v in env.items()), 0o600)
+    atomic_write(state_dir / "stack.env", "".join(f"{k}={v}\n" for k, v in env.items()),
+                 mode=0o600)
 
 
 def down(state_dir: Path, *, worker_grace: float = 60.0, service_grace: float = 30.0) -> list[str]:
@@ -488,21 +377,25 @@ def down(state_dir: Path, *, worker_grace: float = 60.0, service_grace: float = 
     state_dir = Path(state_dir).expanduser().resolve()
     if not state_dir.is_dir():
         return []
-    with _locked(state_dir):
-        records = _read_records(state_dir)
-        stopped = _stop_records([r for r in records.values() if r.name not in _SERVICES],
+    with locked(state_dir):
+        records = read_records(state_dir)
+        stopped = _stop_records([r for r in records.values() if r.name not in SERVICES],
                                 worker_grace)
         for name in ("seaweedfs", "temporal"):
             if name in records:
                 stopped += _stop_records([records[name]], service_grace)
         for name in records:
-            _pid_path(state_dir, name).unlink(missing_ok=True)
+            pid_path(state_dir, name).unlink(missing_ok=True)
         for path in ("stack.json", "stack.env"):
             (state_dir / path).unlink(missing_ok=True)
     return stopped
 
 
-def _stop_records(records: list[_PidRecord], grace: float) -> list[str]:
+def _stop_records(records: list[PidRecord], grace: float) -> list[str]:
+    """SIGTERM every still-identified process together, then SIGKILL laggards after ``grace``.
+
+    Returns the names of the parts that were running.
+    """
     procs: dict[str, tuple[psutil.Process, list[psutil.Process]]] = {}
     for rec in records:
         proc = rec.process()
@@ -533,6 +426,7 @@ def _stop_records(records: list[_PidRecord], grace: float) -> list[str]:
 
 
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    """Whether ``proc`` ended within ``timeout`` seconds (a zombie counts as ended)."""
     end = time.monotonic() + max(0.0, timeout)
     while True:
         try:
@@ -550,10 +444,11 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 
 
 def _kill_group(proc: psutil.Process) -> None:
+    """SIGKILL ``proc`` with its process group when it leads one, else only ``proc``."""
     try:
         # Each part leads its own session, so its group holds exactly what it spawned.
         if proc.is_running() and os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid, signal.SIGKILL)
         else:
             proc.kill()
     except (ProcessLookupError, psutil.NoSuchProcess):
