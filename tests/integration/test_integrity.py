@@ -40,7 +40,7 @@ from tickreplay.results import ResultsError, result_hash
 from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
-from tickreplay.stack.services import SeaweedFS
+from tickreplay.stack.seaweedfs import SeaweedFS
 from tickreplay.workflows.types import JobOptions
 
 pytestmark = pytest.mark.integration

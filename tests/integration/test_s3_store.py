@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from tickreplay.data.objectstore import ObjectExistsError, S3Store, open_store
 from tickreplay.data.schema import PARQUET_WRITE_OPTIONS
 from tickreplay.settings import Settings
-from tickreplay.stack.services import SeaweedFS
+from tickreplay.stack.seaweedfs import SeaweedFS
 
 pytestmark = pytest.mark.integration
 
