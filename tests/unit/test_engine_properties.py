@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from tickreplay import Strategy
 from tickreplay.engine.config import Commission, RunConfig
-from tickreplay.engine.core import CheckpointError, Engine
+from tickreplay.engine.core import Engine
+from tickreplay.errors import CheckpointError
 from tickreplay.strategy.api import StrategyError
 from tickreplay.strategy.loader import load_strategy
 

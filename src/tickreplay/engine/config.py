@@ -16,9 +16,9 @@ class Commission(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    per_share: float = Field(0.0, ge=0)
-    bps: float = Field(0.0, ge=0)
-    minimum: float = Field(0.0, ge=0)
+    per_share: float = Field(default=0.0, ge=0)
+    bps: float = Field(default=0.0, ge=0)
+    minimum: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _exclusive(self) -> Commission:
@@ -63,9 +63,9 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    initial_cash: float = Field(1_000_000.0, gt=0)
-    latency_ns: int = Field(0, ge=0)
-    slippage_bps: float = Field(0.0, ge=0)
+    initial_cash: float = Field(default=1_000_000.0, gt=0)
+    latency_ns: int = Field(default=0, ge=0)
+    slippage_bps: float = Field(default=0.0, ge=0)
     commission: Commission = Commission()
-    seed: int = Field(0, ge=0)
+    seed: int = Field(default=0, ge=0)
     mode: Literal["auto", "tick", "vector"] = "auto"

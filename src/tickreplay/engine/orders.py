@@ -1,13 +1,35 @@
-"""Orders and fills. The fill rules themselves are in ``core.py`` and ``docs/semantics.md``."""
+"""Orders, fills and the slippage rule shared by both paths.
+
+The fill rules are documented in ``docs/semantics.md``; ``core.py`` matches orders tick by tick,
+``vector.py`` computes the vectorised path's fills, and both price market fills with
+:func:`slipped` below, the rule's only implementation.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
 
 MARKET, LIMIT, STOP = "market", "limit", "stop"
 GTC, IOC, DAY = "gtc", "ioc", "day"
 ORDER_TYPES = (MARKET, LIMIT, STOP)
 TIFS = (GTC, IOC, DAY)
+DAY_NS = 86_400 * 1_000_000_000  # a day is the UTC date of a tick: ts // DAY_NS
+
+_Px = TypeVar("_Px", float, np.ndarray)
+
+
+def slipped(mark: _Px, side: _Px, slippage_bps: float) -> _Px:
+    """The price of a market fill (or a triggered stop): ``mark * (1 + side * slippage_bps / 1e4)``.
+
+    ``side`` is +1.0 for a buy, -1.0 for a sell: the trade price moved against the taker. One
+    function for both paths, fed floats per tick and arrays per vectorised chunk, so both run the
+    same IEEE operations in the same order and give the same bits. ``1.0 + (-1.0 * s)`` is exactly
+    ``1.0 - s`` (negation is exact), so sells price as they always did.
+    """
+    return mark * (1.0 + side * (slippage_bps / 10_000.0))
 
 
 class Order:
@@ -52,7 +74,11 @@ class Order:
 
 @dataclass(frozen=True, slots=True)
 class Fill:
-    """An execution as the strategy's ``on_fill`` sees it."""
+    """An execution as the strategy's ``on_fill`` sees it (it satisfies the API's ``FillRecord``).
+
+    It stays here rather than in ``tickreplay.strategy.api``: strategies may keep fills in their
+    state, so this class's path is pickled into checkpoints, whose bytes must not change.
+    """
 
     order_id: int
     ts: int

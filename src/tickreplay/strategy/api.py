@@ -4,11 +4,17 @@ A strategy is a class with a nested pydantic ``Params`` model and callbacks. The
 itself to the instance before ``on_start``; everything the strategy may do to the outside world
 goes through that binding (``order``, ``cancel``, ``position``, ``cash``, ``equity``, ``log``,
 ``rng``), which is what makes a run reproducible and checkpointable: no wall clock, no I/O.
+
+The binding is typed as :class:`StrategyContext`, a Protocol defined here, and this package
+imports nothing from ``tickreplay.engine`` (not even for type checking): the API is the stable
+contract and the engine is one implementation of it, so the engine can be restructured without
+touching what strategy authors see, and the import-linter contract "strategy-api-not-engine"
+keeps it that way.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -18,8 +24,61 @@ from tickreplay.errors import StrategyError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from tickreplay.engine.core import Engine
-    from tickreplay.engine.orders import Fill
+
+class StrategyContext(Protocol):
+    """What a running strategy can ask of its engine (``tickreplay.engine.core.Engine`` is one).
+
+    ``Strategy``'s action methods are thin wrappers over these; arguments arrive as the user
+    passed them and the context validates them (an invalid order raises ``StrategyError``).
+    """
+
+    def order(self, symbol: str, qty: float, type: str, limit: float | None,
+              stop: float | None, tif: str) -> int:
+        """Queue an order; returns its id."""
+        ...
+
+    def cancel(self, order_id: int) -> bool:
+        """Cancel an open order; False when it is no longer open."""
+        ...
+
+    def position(self, symbol: str) -> float:
+        """Filled position of ``symbol``."""
+        ...
+
+    def cash(self) -> float:
+        """Current cash."""
+        ...
+
+    def equity(self) -> float:
+        """Cash plus positions marked at each symbol's last trade."""
+        ...
+
+    def log(self, msg: str, fields: dict[str, Any]) -> None:
+        """Append a log record stamped with simulated time."""
+        ...
+
+
+class FillRecord(Protocol):
+    """An execution as ``on_fill`` sees it: read-only fields.
+
+    A Protocol, not the engine's class itself: the concrete record (``engine.orders.Fill``, a
+    frozen dataclass) stays where it is because strategies may keep fills in their state, which
+    pickles the class's module path into checkpoints, whose bytes must not change; and this
+    package must not import the engine.
+    """
+
+    @property
+    def order_id(self) -> int: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def qty(self) -> float: ...
+    @property
+    def price(self) -> float: ...
+    @property
+    def fee(self) -> float: ...
 
 
 class Tick:
@@ -74,12 +133,12 @@ class Strategy:
 
     params: Any
     rng: np.random.Generator
-    _engine: Engine | None
+    _context: StrategyContext | None  # set by the engine; not part of a checkpoint
 
     def __init__(self, params: BaseModel | dict[str, Any] | None = None) -> None:
         self.params = self.parse_params(params)
         self.rng = np.random.default_rng(0)
-        self._engine = None
+        self._context = None
 
     @classmethod
     def parse_params(cls, params: BaseModel | dict[str, Any] | None) -> Any:
@@ -118,26 +177,26 @@ class Strategy:
         """Vectorised path: one symbol's rows; return the target position after each row."""
         raise NotImplementedError
 
-    def on_fill(self, fill: Fill) -> None:
+    def on_fill(self, fill: FillRecord) -> None:
         """Called after each fill has been applied to the portfolio."""
 
     def on_stop(self) -> None:
         """Called once after the last tick."""
 
-    # ---- actions (provided by the engine) ----
-    def _bound(self) -> Engine:
-        if self._engine is None:
+    # ---- actions (provided by the engine, through the StrategyContext) ----
+    def _bound(self) -> StrategyContext:
+        if self._context is None:
             raise StrategyError("the strategy is not attached to an engine")
-        return self._engine
+        return self._context
 
     def order(self, symbol: str, qty: float, type: str = "market", limit: float | None = None,
               stop: float | None = None, tif: str = "gtc") -> int:
         """Submit an order (qty signed: + buy, - sell); returns its id."""
-        return self._bound().submit_order(symbol, qty, type, limit, stop, tif)
+        return self._bound().order(symbol, qty, type, limit, stop, tif)
 
     def cancel(self, order_id: int) -> bool:
         """Cancel an open order; False if it already filled, expired or never existed."""
-        return self._bound().cancel_order(order_id)
+        return self._bound().cancel(order_id)
 
     def position(self, symbol: str) -> float:
         """Current (filled) position in ``symbol``."""
@@ -146,12 +205,12 @@ class Strategy:
     @property
     def cash(self) -> float:
         """Current cash."""
-        return self._bound().portfolio.cash
+        return self._bound().cash()
 
     @property
     def equity(self) -> float:
         """Cash plus positions marked at each symbol's last trade."""
-        return self._bound().portfolio.equity()
+        return self._bound().equity()
 
     def log(self, msg: str, **fields: Any) -> None:
         """A structured log record stamped with simulated time (part of the result)."""

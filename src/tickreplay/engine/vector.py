@@ -1,0 +1,242 @@
+"""The vectorised path: ``on_batch`` targets become market orders, filled under the same rules.
+
+For each symbol's rows of a merged chunk, ``on_batch`` returns the target position after each
+row; every row whose target differs from the row before submits a market GTC order for the
+difference. Fills are found with binary searches over the chunk instead of a Python loop per
+tick, then applied through the engine's own ``_record``/``_fill`` in (fill row, order id) order,
+with each day's close between the fills before its first row and those at or after it: exactly
+the order, ids, prices and bits the per-tick path produces for the same orders
+(``docs/semantics.md``, "Vectorised path").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from tickreplay.engine.config import RunConfig
+from tickreplay.engine.orders import DAY_NS, slipped
+from tickreplay.engine.portfolio import Portfolio
+from tickreplay.strategy.api import Strategy, StrategyError, Tick
+
+# An order carried to a later chunk (no eligible row of its symbol yet):
+# (order id, qty, eligible ts, submit ts).
+Carried = tuple[int, float, int, int]
+
+
+class VectorHost(Protocol):
+    """The members of ``core.Engine`` the vectorised path drives.
+
+    A Protocol rather than an import of ``Engine``: ``core`` imports this module, and the
+    engine's modules import each other one way only.
+    """
+
+    symbols: tuple[str, ...]
+    config: RunConfig
+    strategy: Strategy
+    portfolio: Portfolio
+    _next_id: int
+    _day: int | None
+    _tick: Tick
+    _has_on_fill: bool
+
+    def _roll_day(self, t: int) -> None: ...
+
+    def _record(self, oids: Sequence[int], submits: Sequence[int], syms: Sequence[int],
+                ts: Sequence[int], qtys: Sequence[float],
+                prices: Sequence[float]) -> list[float]: ...
+
+    def _fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float,
+              price: float) -> None: ...
+
+
+class VectorPath:
+    """The vectorised path's state (running targets, carried orders) and algorithm.
+
+    ``targets`` and ``carried`` are part of a checkpoint; the engine saves and restores them.
+    """
+
+    __slots__ = ("carried", "eng", "targets")
+
+    def __init__(self, eng: VectorHost) -> None:
+        n = len(eng.symbols)
+        self.eng = eng
+        self.targets = [0.0] * n
+        self.carried: list[list[Carried]] = [[] for _ in range(n)]
+
+    def feed(self, chunk: pa.RecordBatch, n: int, counts: np.ndarray) -> None:
+        """Process the first ``n`` rows of a merged chunk (``counts``: rows per symbol)."""
+        eng = self.eng
+        names = chunk.schema.names
+        ts = chunk.column(0).to_numpy()[:n]
+        sym = chunk.column(1).to_numpy()[:n]
+        price = chunk.column(names.index("price")).to_numpy()[:n]
+        view = chunk.slice(0, n).select([c for c in names if c != "sym"])
+        lat = eng.config.latency_ns
+
+        sub_idx: dict[int, np.ndarray | None] = {}
+        new_orders: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []  # gpos, local, qty, s
+        for s in np.flatnonzero(counts).tolist():
+            idx = None if counts[s] == n else np.flatnonzero(sym == s)
+            sub_idx[s] = idx
+            batch = view if idx is None else view.take(pa.array(idx))
+            batch = batch.append_column(
+                "symbol", pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(batch.num_rows, dtype=np.int32)), pa.array([eng.symbols[s]])
+                ),
+            ).replace_schema_metadata({"symbol": eng.symbols[s]})
+            target = self._call_on_batch(batch, s)
+            # Rows whose target differs from the row before (the running target before row 0).
+            # Compare, then subtract only there: np.diff(prepend=) made two batch-sized
+            # temporaries, whose fresh pages cost more than the subtraction itself.
+            rows = np.flatnonzero(target[1:] != target[:-1]) + 1
+            if target[0] != self.targets[s]:
+                rows = np.concatenate(([0], rows))
+            if len(rows):
+                before = target[rows - 1]
+                if rows[0] == 0:
+                    before[0] = self.targets[s]
+                gpos = rows if idx is None else idx[rows]
+                new_orders.append((gpos, rows, target[rows] - before, s))
+            self.targets[s] = float(target[-1])
+
+        # Fills due in this chunk, one array each: global row, order id, symbol, qty, submit ts.
+        parts: list[tuple[np.ndarray, ...]] = []
+        for s, idx in sub_idx.items():  # orders carried from earlier chunks have smaller ids
+            if not self.carried[s]:
+                continue
+            ts_s = ts if idx is None else ts[idx]
+            due, keep = [], []
+            for c_oid, c_qty, eligible, c_sub in self.carried[s]:
+                j = int(np.searchsorted(ts_s, eligible, side="left"))
+                if j < len(ts_s):
+                    due.append((j if idx is None else int(idx[j]), c_oid, s, c_qty, c_sub))
+                else:
+                    keep.append((c_oid, c_qty, eligible, c_sub))
+            self.carried[s] = keep
+            if due:
+                cols = list(zip(*due))
+                parts.append((np.array(cols[0], dtype=np.int64), np.array(cols[1], dtype=np.int64),
+                              np.array(cols[2], dtype=np.int64),
+                              np.array(cols[3], dtype=np.float64),
+                              np.array(cols[4], dtype=np.int64)))
+        if new_orders:
+            # Order ids in global submission order, exactly as the per-tick path numbers them.
+            all_gpos = np.concatenate([o[0] for o in new_orders])
+            order_of = np.argsort(all_gpos, kind="stable")
+            ids = np.empty(len(all_gpos), dtype=np.int64)
+            ids[order_of] = np.arange(eng._next_id, eng._next_id + len(all_gpos))
+            eng._next_id += len(all_gpos)
+            start = 0
+            for gpos, rows, qty, s in new_orders:
+                k = len(rows)
+                oids = ids[start:start + k]
+                start += k
+                idx = sub_idx[s]
+                ts_s = ts if idx is None else ts[idx]
+                submit = ts_s[rows]
+                j = np.maximum(np.searchsorted(ts_s, submit + lat, side="left"), rows + 1)
+                ok = j < len(ts_s)
+                fj = j[ok]
+                parts.append((fj if idx is None else idx[fj], oids[ok],
+                              np.full(len(fj), s, dtype=np.int64), qty[ok], submit[ok]))
+                for oid, q, sub_t in zip(oids[~ok].tolist(), qty[~ok].tolist(),
+                                         submit[~ok].tolist()):
+                    self.carried[s].append((oid, q, sub_t + lat, sub_t))
+
+        # Day boundaries inside the chunk (first row of each new day): ts is sorted, so binary
+        # search from day to day.
+        bounds: list[int] = []
+        first_day, last_day = int(ts[0]) // DAY_NS, int(ts[-1]) // DAY_NS
+        if eng._day is None or first_day != eng._day:
+            bounds.append(0)
+        for day in range(first_day + 1, last_day + 1):
+            b = int(np.searchsorted(ts, day * DAY_NS, side="left"))
+            if b < n and (not bounds or b != bounds[-1]):
+                bounds.append(b)
+        # Fills in (fill row, order id) order; each day's close falls between the fills before
+        # its first row and those at or after it.
+        fills: list[list[Any]] = [[] for _ in range(7)]
+        cuts = [0] * len(bounds)
+        if parts:
+            at, oid_f, sym_f, qty_f, sub_f = (np.concatenate(col) for col in zip(*parts))
+            order = np.lexsort((oid_f, at))
+            at, qty_f = at[order], qty_f[order]
+            mark = price[at]
+            px = slipped(mark, np.where(qty_f > 0.0, 1.0, -1.0), eng.config.slippage_bps)
+            fills = [oid_f[order].tolist(), sub_f[order].tolist(), sym_f[order].tolist(),
+                     ts[at].tolist(), qty_f.tolist(), px.tolist(), mark.tolist()]
+            cuts = np.searchsorted(at, bounds, side="left").tolist()
+        done = 0
+        for b, cut in zip(bounds, cuts):
+            if cut > done:
+                self._apply_fills(fills, done, cut)
+                done = cut
+            self._roll(b, ts, price, sub_idx)
+        if done < len(fills[0]):
+            self._apply_fills(fills, done, len(fills[0]))
+        pf = eng.portfolio
+        for s, idx in sub_idx.items():
+            pf.last[s] = float(price[-1] if idx is None else price[idx[-1]])
+        eng._tick.ts = int(ts[-1])
+
+    def _apply_fills(self, fills: list[list[Any]], lo: int, hi: int) -> None:
+        """Apply fills ``lo:hi`` (oid, submit ts, sym, ts, qty, price, trade price) in order.
+
+        Without an ``on_fill`` nothing can observe the state between two fills, so the run goes
+        through the portfolio at once; with one, each fill is made at its own tick: the symbol's
+        mark and the clock move to it first, exactly as on the per-tick path.
+        """
+        eng = self.eng
+        oids, subs, syms, ts, qtys, pxs, marks = (col[lo:hi] for col in fills)
+        try:
+            if not eng._has_on_fill:
+                eng._record(oids, subs, syms, ts, qtys, pxs)
+                return
+            last = eng.portfolio.last
+            for oid, sub, s, t, qty, px, mark in zip(oids, subs, syms, ts, qtys, pxs, marks):
+                last[s] = mark
+                eng._tick.ts = t
+                eng._fill(oid, sub, s, t, qty, px)
+        except StrategyError:
+            raise
+        except Exception as e:
+            raise StrategyError(f"{type(e).__name__} in on_fill: {e}") from e
+
+    def _roll(self, b: int, ts: np.ndarray, price: np.ndarray,
+              sub_idx: dict[int, np.ndarray | None]) -> None:
+        """Close the day that ends before row ``b``: set marks as of row b-1, then roll."""
+        eng = self.eng
+        if b > 0:
+            for s, idx in sub_idx.items():
+                if idx is None:
+                    eng.portfolio.last[s] = float(price[b - 1])
+                else:
+                    k = int(np.searchsorted(idx, b, side="left")) - 1
+                    if k >= 0:
+                        eng.portfolio.last[s] = float(price[idx[k]])
+        eng._roll_day(int(ts[b]))
+
+    def _call_on_batch(self, batch: pa.RecordBatch, s: int) -> np.ndarray:
+        """``on_batch`` for symbol ``s``, its result checked: one finite target per row."""
+        try:
+            out = self.eng.strategy.on_batch(batch)
+        except StrategyError:
+            raise
+        except Exception as e:
+            raise StrategyError(
+                f"{type(e).__name__} in on_batch ({self.eng.symbols[s]}, {batch.num_rows} rows): "
+                f"{e}"
+            ) from e
+        target = np.asarray(out, dtype=np.float64)
+        if target.shape != (batch.num_rows,):
+            raise StrategyError(
+                f"on_batch must return one target per row: expected shape ({batch.num_rows},), "
+                f"got {target.shape}"
+            )
+        if not np.isfinite(target).all():
+            raise StrategyError("on_batch returned a non-finite target (NaN or inf)")
+        return target
