@@ -7,7 +7,6 @@ store lives and which credentials to use; reading ``os.environ`` in many places 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,12 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    """Runtime configuration. Every field can be set as ``TICKREPLAY_<FIELD>`` in the environment."""
+    """Runtime configuration. Every field can be set as ``TICKREPLAY_<FIELD>`` in the environment.
+
+    Built one way, :meth:`load`, at the edge (a command, the worker's ``main``, ``up``) and
+    passed down explicitly; no module keeps or falls back to a process-wide instance. Tests
+    construct their own and pass them.
+    """
 
     model_config = SettingsConfigDict(env_prefix="TICKREPLAY_", extra="ignore")
 
@@ -108,9 +112,3 @@ class Settings(BaseSettings):
     def resolved_cache_dir(self) -> Path:
         """The cache directory, defaulting to ``<home>/cache``."""
         return self.cache_dir if self.cache_dir is not None else self.home / "cache"
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    """Process-wide settings (tests build their own ``Settings`` and pass it explicitly)."""
-    return Settings.load()

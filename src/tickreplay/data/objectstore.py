@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from tickreplay.errors import ObjectExistsError
 from tickreplay.osutil import atomic_write
-from tickreplay.settings import Settings, get_settings
+from tickreplay.settings import Settings
 
 SHA256_META = "sha256"
 _CHUNK = 8 * 1024 * 1024
@@ -133,11 +133,11 @@ class S3Store:
     a backtest can fingerprint the data with HEAD/LIST requests instead of downloads.
     """
 
-    def __init__(self, bucket: str, prefix: str = "", settings: Settings | None = None) -> None:
+    def __init__(self, bucket: str, prefix: str = "", *, settings: Settings) -> None:
         import boto3
         from botocore.config import Config
 
-        self.settings = settings or get_settings()
+        self.settings = settings
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
@@ -254,13 +254,19 @@ class S3Store:
 
 
 def open_store(url: str | Path, settings: Settings | None = None) -> ObjectStore:
-    """A store for ``s3://bucket[/prefix]``, ``file:///dir`` or a plain directory path."""
+    """A store for ``s3://bucket[/prefix]``, ``file:///dir`` or a plain directory path.
+
+    ``settings`` (endpoint, credentials) are required for ``s3://``: there is no process-wide
+    fallback, so a store never silently talks to a server its caller did not configure.
+    """
     s = str(url)
     parsed = urlparse(s)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"bad S3 URL {s!r}: expected s3://bucket[/prefix]")
-        return S3Store(parsed.netloc, parsed.path, settings)
+        if settings is None:
+            raise ValueError(f"{s}: an s3:// store needs Settings (endpoint and credentials)")
+        return S3Store(parsed.netloc, parsed.path, settings=settings)
     if parsed.scheme == "file":
         return LocalStore(parsed.path)
     if parsed.scheme and len(parsed.scheme) > 1:

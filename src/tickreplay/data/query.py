@@ -15,7 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from tickreplay.data.errors import DataError
-from tickreplay.settings import Settings, get_settings
+from tickreplay.settings import Settings
 
 # Hive partition columns of the layout ``ticks/symbol=SYM/date=YYYY-MM-DD/``.
 PARTITIONING = ds.partitioning(
@@ -23,10 +23,12 @@ PARTITIONING = ds.partitioning(
 )
 
 
-def _filesystem(url: str, settings: Settings) -> tuple[pafs.FileSystem, str]:
+def _filesystem(url: str, settings: Settings | None) -> tuple[pafs.FileSystem, str]:
     """The filesystem and the path of the ``ticks`` root for a catalog URL."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
+        if settings is None:
+            raise ValueError(f"{url}: an s3:// catalog needs Settings (endpoint and credentials)")
         endpoint = urlparse(settings.s3_endpoint or "")
         fs = pafs.S3FileSystem(
             access_key=settings.s3_access_key,
@@ -49,7 +51,7 @@ def ticks_dataset(url: str, settings: Settings | None = None) -> ds.Dataset:
     The schema is unified over all files, so partitions with and without optional columns
     (e.g. quotes) query together; absent columns read as NULL.
     """
-    fs, root = _filesystem(url, settings or get_settings())
+    fs, root = _filesystem(url, settings)
     info = fs.get_file_info(root)
     if info.type != pafs.FileType.Directory:
         raise DataError(f"no tick catalog at {url} (expected a 'ticks/' folder)")

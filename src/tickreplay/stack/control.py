@@ -6,7 +6,7 @@ exactly what ``up`` started. Each part runs in its own session, so a Ctrl-C in t
 ran ``up`` does not reach it. The PID records (:mod:`tickreplay.stack.pids`) identify a process
 by create time and command line as well as pid, so a recycled pid is never signalled.
 
-Layout of a state dir (default ``Settings().home``, i.e. ``~/.tickreplay``)::
+Layout of a state dir (default ``Settings.load().home``, i.e. ``~/.tickreplay``)::
 
     stack.json  stack.env  stack.lock      what runs where; KEY=VALUE lines other commands load
     ports.json                             the ports of the last ``up``; kept by ``down``
@@ -133,7 +133,8 @@ def up(
         workers: How many worker processes (``worker-1`` .. ``worker-N``) should run.
         timeout: Seconds for the whole start-up before it is abandoned.
         settings: Source of the S3 credentials, buckets, namespace and task queue
-            (default ``Settings()``), so the stack and every client agree.
+            (default ``Settings.load()`` for this state dir), so the stack and every client
+            agree.
 
     Returns:
         The stack's status; ``started`` is empty when everything was already up.
@@ -144,7 +145,7 @@ def up(
             running stack uses other ports than the ones asked for.
     """
     state_dir = Path(state_dir).expanduser().resolve()
-    settings = settings or Settings()
+    settings = settings or Settings.load(home=state_dir)
     with locked(state_dir):
         alive: dict[str, PidRecord] = {}
         previous: dict[str, int] = read_last_ports(state_dir)
