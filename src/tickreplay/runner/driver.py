@@ -11,7 +11,7 @@ import platform
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -112,7 +112,7 @@ def count_ticks(paths: dict[str, Path]) -> int:
     return sum(check_partition(path, key) for key, path in paths.items())
 
 
-def prefetch(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetch(items: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
     """Produce ``items`` from a background thread, ``depth`` ahead of the consumer.
 
     Parquet decoding releases the GIL, so reading batch k+1 overlaps simulating batch k on a

@@ -265,7 +265,7 @@ class SweepWorkflow:
                     result = await workflow.execute_child_workflow(
                         BacktestWorkflow.run, JobInput(job_id, spec, sweep.base.bundle,
                                                        sweep.base.options),
-                        id=job_id, result_type=JobResult)
+                        id=job_id)
                     row.update(status="SUCCEEDED", result_hash=result.result_hash,
                                value=result.metrics.get(sweep.metric), metrics=result.metrics)
                 except ChildWorkflowError as e:
