@@ -164,7 +164,7 @@ async def test_a_slow_strategy_reports_moving_progress_every_second(world: dict[
 def test_checkpoint_and_result_files_are_opened_without_following_symlinks(
         tmp_path: Path) -> None:
     """A runner could leave a symlink to the key file where the worker reads its output."""
-    from tickreplay.activities.backtest import _read_regular
+    from tickreplay.activities.node import read_regular as _read_regular
 
     secret = tmp_path / "signing.key"
     secret.write_text("00" * 32)
