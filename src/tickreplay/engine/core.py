@@ -279,6 +279,12 @@ class Engine:
 
     # ------------------------------------------------------------------ per-tick path
     def _feed_ticks(self, chunk: pa.RecordBatch, n: int) -> None:
+        """The per-tick hot loop (measured: keep it as it is, see docs/benchmarks.md).
+
+        Rows come as Python lists (``tolist`` once per chunk beats indexing arrays per tick) and
+        the reused ``Tick`` is updated in place; declared quote columns are set by a wrapper of
+        ``on_tick`` (:func:`_with_extras`), so there is one loop for every strategy.
+        """
         names = chunk.schema.names
         ts_l = chunk.column(0).to_numpy()[:n].tolist()
         sym_l = chunk.column(1).to_numpy()[:n].tolist()
@@ -286,43 +292,26 @@ class Engine:
         sz_l = chunk.column(names.index("size")).to_numpy()[:n].tolist()
         extras = [(c, chunk.column(names.index(c)).slice(0, n).to_pylist()) for c in self._extras]
         tick = self._tick
-        on_tick = self.strategy.on_tick
+        on_tick: Callable[[Tick], None] = self.strategy.on_tick
+        if extras:
+            on_tick = _with_extras(on_tick, extras)
         pending = self._pending
         last = self.portfolio.last
         symbols = self.symbols
         next_day = self._next_day_ns
         try:
-            if extras:
-                for k in range(n):
-                    t = ts_l[k]
-                    s = sym_l[k]
-                    p = px_l[k]
-                    if t >= next_day:
-                        self._roll_day(t)
-                        next_day = self._next_day_ns
-                    last[s] = p
-                    tick.ts = t
-                    if pending[s]:
-                        self._match(s, t, p)
-                    tick.symbol = symbols[s]
-                    tick.price = p
-                    tick.size = sz_l[k]
-                    for name, col in extras:
-                        setattr(tick, name, col[k])
-                    on_tick(tick)
-            else:
-                for t, s, p, q in zip(ts_l, sym_l, px_l, sz_l):
-                    if t >= next_day:
-                        self._roll_day(t)
-                        next_day = self._next_day_ns
-                    last[s] = p
-                    tick.ts = t
-                    if pending[s]:
-                        self._match(s, t, p)
-                    tick.symbol = symbols[s]
-                    tick.price = p
-                    tick.size = q
-                    on_tick(tick)
+            for t, s, p, q in zip(ts_l, sym_l, px_l, sz_l):
+                if t >= next_day:
+                    self._roll_day(t)
+                    next_day = self._next_day_ns
+                last[s] = p
+                tick.ts = t
+                if pending[s]:
+                    self._match(s, t, p)
+                tick.symbol = symbols[s]
+                tick.price = p
+                tick.size = q
+                on_tick(tick)
         except StrategyError:
             raise
         except Exception as e:
@@ -386,3 +375,22 @@ class Engine:
         eng.consumed = state["consumed"]
         eng._tick.ts = state["tick_ts"]
         return eng
+
+
+def _with_extras(on_tick: Callable[[Tick], None],
+                 extras: list[tuple[str, list[Any]]]) -> Callable[[Tick], None]:
+    """``on_tick`` that first sets the row's declared quote fields (``bid``, ``ask``, ...).
+
+    Called once per row, in row order, so a running row number indexes the columns; this keeps
+    the per-tick loop a single loop for every strategy.
+    """
+    k = -1
+
+    def call(tick: Tick) -> None:
+        nonlocal k
+        k += 1
+        for name, col in extras:
+            setattr(tick, name, col[k])
+        on_tick(tick)
+
+    return call
