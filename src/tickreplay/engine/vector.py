@@ -25,6 +25,12 @@ from tickreplay.strategy.api import Strategy, StrategyError, Tick
 # An order carried to a later chunk (no eligible row of its symbol yet):
 # (order id, qty, eligible ts, submit ts).
 Carried = tuple[int, float, int, int]
+# Symbol code -> its rows in the chunk (None when every row is that symbol's).
+SymbolRows = dict[int, np.ndarray | None]
+# New orders of one symbol: global rows, rows in the symbol's batch, quantities, symbol code.
+NewOrders = tuple[np.ndarray, np.ndarray, np.ndarray, int]
+# Fills due in a chunk, one array each: global row, order id, symbol, qty, submit ts.
+Due = tuple[np.ndarray, ...]
 
 
 class VectorHost(Protocol):
@@ -69,16 +75,27 @@ class VectorPath:
 
     def feed(self, chunk: pa.RecordBatch, n: int, counts: np.ndarray) -> None:
         """Process the first ``n`` rows of a merged chunk (``counts``: rows per symbol)."""
-        eng = self.eng
         names = chunk.schema.names
         ts = chunk.column(0).to_numpy()[:n]
         sym = chunk.column(1).to_numpy()[:n]
         price = chunk.column(names.index("price")).to_numpy()[:n]
-        view = chunk.slice(0, n).select([c for c in names if c != "sym"])
-        lat = eng.config.latency_ns
+        sub_idx, new_orders = self._orders_from_targets(chunk, n, sym, counts)
+        parts = self._carried_due(ts, sub_idx)  # orders carried from earlier chunks: smaller ids
+        if new_orders:
+            parts += self._place(ts, sub_idx, new_orders)
+        self._fill_and_roll(ts, price, sub_idx, parts)
 
-        sub_idx: dict[int, np.ndarray | None] = {}
-        new_orders: list[tuple[np.ndarray, np.ndarray, np.ndarray, int]] = []  # gpos, local, qty, s
+    def _orders_from_targets(self, chunk: pa.RecordBatch, n: int, sym: np.ndarray,
+                             counts: np.ndarray) -> tuple[SymbolRows, list[NewOrders]]:
+        """Call ``on_batch`` per symbol; the rows whose target changes become orders.
+
+        Returns each symbol's row indices in the chunk (None: all rows are that symbol's) and,
+        per symbol with orders: their global rows, local rows, quantities and the symbol.
+        """
+        eng = self.eng
+        view = chunk.slice(0, n).select([c for c in chunk.schema.names if c != "sym"])
+        sub_idx: SymbolRows = {}
+        new_orders: list[NewOrders] = []
         for s in np.flatnonzero(counts).tolist():
             idx = None if counts[s] == n else np.flatnonzero(sym == s)
             sub_idx[s] = idx
@@ -102,10 +119,12 @@ class VectorPath:
                 gpos = rows if idx is None else idx[rows]
                 new_orders.append((gpos, rows, target[rows] - before, s))
             self.targets[s] = float(target[-1])
+        return sub_idx, new_orders
 
-        # Fills due in this chunk, one array each: global row, order id, symbol, qty, submit ts.
-        parts: list[tuple[np.ndarray, ...]] = []
-        for s, idx in sub_idx.items():  # orders carried from earlier chunks have smaller ids
+    def _carried_due(self, ts: np.ndarray, sub_idx: SymbolRows) -> list[Due]:
+        """Carried orders that reach an eligible row of their symbol in this chunk."""
+        parts: list[Due] = []
+        for s, idx in sub_idx.items():
             if not self.carried[s]:
                 continue
             ts_s = ts if idx is None else ts[idx]
@@ -123,30 +142,48 @@ class VectorPath:
                               np.array(cols[2], dtype=np.int64),
                               np.array(cols[3], dtype=np.float64),
                               np.array(cols[4], dtype=np.int64)))
-        if new_orders:
-            # Order ids in global submission order, exactly as the per-tick path numbers them.
-            all_gpos = np.concatenate([o[0] for o in new_orders])
-            order_of = np.argsort(all_gpos, kind="stable")
-            ids = np.empty(len(all_gpos), dtype=np.int64)
-            ids[order_of] = np.arange(eng._next_id, eng._next_id + len(all_gpos))
-            eng._next_id += len(all_gpos)
-            start = 0
-            for gpos, rows, qty, s in new_orders:
-                k = len(rows)
-                oids = ids[start:start + k]
-                start += k
-                idx = sub_idx[s]
-                ts_s = ts if idx is None else ts[idx]
-                submit = ts_s[rows]
-                j = np.maximum(np.searchsorted(ts_s, submit + lat, side="left"), rows + 1)
-                ok = j < len(ts_s)
-                fj = j[ok]
-                parts.append((fj if idx is None else idx[fj], oids[ok],
-                              np.full(len(fj), s, dtype=np.int64), qty[ok], submit[ok]))
-                for oid, q, sub_t in zip(oids[~ok].tolist(), qty[~ok].tolist(),
-                                         submit[~ok].tolist()):
-                    self.carried[s].append((oid, q, sub_t + lat, sub_t))
+        return parts
 
+    def _place(self, ts: np.ndarray, sub_idx: SymbolRows,
+               new_orders: list[NewOrders]) -> list[Due]:
+        """Number the new orders and find their fill rows; carry those with none in this chunk.
+
+        A market order fills on the first row of its symbol at or after submit + latency and
+        never on its own row, as on the per-tick path.
+        """
+        eng = self.eng
+        lat = eng.config.latency_ns
+        parts: list[Due] = []
+        # Order ids in global submission order, exactly as the per-tick path numbers them.
+        all_gpos = np.concatenate([o[0] for o in new_orders])
+        order_of = np.argsort(all_gpos, kind="stable")
+        ids = np.empty(len(all_gpos), dtype=np.int64)
+        ids[order_of] = np.arange(eng._next_id, eng._next_id + len(all_gpos))
+        eng._next_id += len(all_gpos)
+        start = 0
+        for gpos, rows, qty, s in new_orders:
+            k = len(rows)
+            oids = ids[start:start + k]
+            start += k
+            idx = sub_idx[s]
+            ts_s = ts if idx is None else ts[idx]
+            submit = ts_s[rows]
+            j = np.maximum(np.searchsorted(ts_s, submit + lat, side="left"), rows + 1)
+            ok = j < len(ts_s)
+            fj = j[ok]
+            parts.append((fj if idx is None else idx[fj], oids[ok],
+                          np.full(len(fj), s, dtype=np.int64), qty[ok], submit[ok]))
+            for oid, q, sub_t in zip(oids[~ok].tolist(), qty[~ok].tolist(),
+                                     submit[~ok].tolist()):
+                self.carried[s].append((oid, q, sub_t + lat, sub_t))
+        return parts
+
+    def _fill_and_roll(self, ts: np.ndarray, price: np.ndarray, sub_idx: SymbolRows,
+                       parts: list[Due]) -> None:
+        """Apply the chunk's fills and day closes in event order, then leave the marks and the
+        clock at the chunk's last row."""
+        eng = self.eng
+        n = len(ts)
         # Day boundaries inside the chunk (first row of each new day): ts is sorted, so binary
         # search from day to day.
         bounds: list[int] = []
