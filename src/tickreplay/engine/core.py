@@ -49,6 +49,8 @@ from tickreplay.engine.vector import VectorPath
 from tickreplay.errors import CheckpointError  # noqa: F401 (re-exported)
 from tickreplay.strategy.api import Strategy, StrategyError, Tick
 
+# The version of these semantics: part of every result's hashed inputs and checked by restore, so
+# a rule change must bump it (results and checkpoints of another version are not comparable).
 ENGINE_VERSION = "1.0"
 _EXTRA_COLUMNS = ("bid", "ask", "bid_size", "ask_size", "exchange", "conditions")
 
@@ -210,6 +212,7 @@ class Engine:
         return dict(zip(self.symbols, self.consumed))
 
     def _guard(self, fn: Callable[[], None], where: str) -> None:
+        """Run a strategy callback; its own exceptions become a StrategyError naming ``where``."""
         try:
             fn()
         except StrategyError:
@@ -234,6 +237,7 @@ class Engine:
                     self.cancel(o.id)
 
     def _close_day(self) -> None:
+        """Record the current day's equity row; count it as exposed if it held any position."""
         assert self._day is not None
         self._equity.close_day(self._day, self.portfolio)
         if self._day_exposed:

@@ -62,6 +62,9 @@ class Order:
         self.day = day
 
     def __getstate__(self) -> tuple:
+        """A tuple in slot order: open orders go into every checkpoint, so keep them small
+        (``__slots__`` classes have no ``__dict__`` to pickle anyway). Part of the checkpoint
+        format: the slots' order must not change."""
         return tuple(getattr(self, k) for k in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:

@@ -85,6 +85,7 @@ class Portfolio:
         return u
 
     def __getstate__(self) -> dict:
+        """Slot name -> value (``__slots__`` classes have no ``__dict__`` to pickle)."""
         return {k: getattr(self, k) for k in self.__slots__}
 
     def __setstate__(self, state: dict) -> None:

@@ -86,6 +86,7 @@ class TradeLog:
         return pa.table({name: self._column(name, t, symbols) for name, t in TRADE_COLUMNS})
 
     def _column(self, name: str, type: pa.DataType, symbols: Sequence[str]) -> pa.Array:
+        """One column as Arrow, viewing the typed array's buffer (no per-value conversion)."""
         values: np.ndarray = np.frombuffer(self.columns[name],
                                            dtype=_NUMPY_OF[self.columns[name].typecode])
         if name == "symbol":  # stored as symbol codes

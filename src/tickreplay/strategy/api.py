@@ -185,6 +185,7 @@ class Strategy:
 
     # ---- actions (provided by the engine, through the StrategyContext) ----
     def _bound(self) -> StrategyContext:
+        """The engine's context; a strategy used outside a run fails with a clear message."""
         if self._context is None:
             raise StrategyError("the strategy is not attached to an engine")
         return self._context
