@@ -147,6 +147,12 @@ class NoNodeCanRun(TickreplayError):
     code = "NoNodeCanRun"
 
 
+class PlacementsExhausted(TickreplayError):
+    """The run was placed ``max_placements`` times (lost nodes, handovers) without finishing."""
+
+    code = "PlacementsExhausted"
+
+
 class JobConflictError(TickreplayError):
     """A job id is already taken by a job with a different spec, strategy or options."""
 

@@ -24,6 +24,7 @@ from tickreplay.data.objectstore import LocalStore
 from tickreplay.results import load_results, result_hash
 from tickreplay.runner.driver import fetch_plan, run_local
 from tickreplay.runner.pool import RunnerPool, sandbox_mode
+from tickreplay.runner.protocol import RunnerJob
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.strategy.loader import bundle_from_spec, load_strategy
@@ -57,18 +58,18 @@ def _spec(world: dict[str, Any], strategy: str, params: dict[str, Any]) -> Backt
                                "params": params})
 
 
-def _job(world: dict[str, Any], spec: BacktestSpec, workdir: Path) -> dict[str, Any]:
+def _job(world: dict[str, Any], spec: BacktestSpec, workdir: Path) -> RunnerJob:
     """What the worker's run_backtest sends: local paths only, no credentials."""
     bundle = bundle_from_spec(spec.strategy)
     params = load_strategy(bundle, spec.params)[0].params.model_dump(mode="json")
     plan = plan_data(world["store"], spec.symbols, spec.start, spec.end)
     cache = PartitionCache(world["settings"].resolved_cache_dir(), 10**10)
     paths = fetch_plan(plan, world["store"], cache)
-    return {"job_id": "t", "spec": {**spec.model_dump(mode="json"), "params": params},
-            "bundle": bundle.to_bytes().decode(), "strategy_digest": bundle.digest,
-            "plan": plan.to_dict(), "paths": {k: str(v) for k, v in paths.items()},
-            "ticks_total": 0, "checkpoint_every_s": 3600, "checkpoint_file": None,
-            "resumed_from": 0, "workdir": str(workdir), "memory_mb": 2048}
+    return RunnerJob(job_id="t", spec={**spec.model_dump(mode="json"), "params": params},
+                     bundle=bundle.to_bytes().decode(), strategy_digest=bundle.digest,
+                     plan=plan.to_dict(), paths={k: str(v) for k, v in paths.items()},
+                     ticks_total=0, checkpoint_every_s=3600, checkpoint_file=None,
+                     resumed_from=0, workdir=str(workdir), memory_mb=2048)
 
 
 async def _drive(world: dict[str, Any], spec: BacktestSpec, until: Any = None,
@@ -88,7 +89,7 @@ async def _drive(world: dict[str, Any], spec: BacktestSpec, until: Any = None,
                 continue
             if msg is None:
                 break
-            msgs.append(msg)
+            msgs.append(msg.model_dump())  # typed on the wire; dicts here for brevity
             if until is not None and until(msgs):
                 break
         results = None

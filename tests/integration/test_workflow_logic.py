@@ -14,10 +14,9 @@ killed workers, and takes minutes (tests/integration/test_workflow.py and test_d
 that end to end); scripted activities make each situation exact and the file runs in seconds.
 Short timeouts in JobOptions (heartbeat 1-5 s, schedule-to-start 1 s) keep it that way.
 
-Three tests are ``xfail(strict=True)``: they pin workflow bugs found while writing this file
-(the placement-limit error does not name the limit; after an unhealthy node, a cancel or a
-healthy node's own error is reported as NoNodeCanRun). The fix makes them pass, and strict
-makes the suite fail until their marks are removed.
+Three tests pin workflow bugs found while writing this file, now fixed: the placement-limit
+error did not name the limit; after an unhealthy node, a cancel or a healthy node's own error
+was reported as NoNodeCanRun.
 """
 
 from __future__ import annotations
@@ -184,8 +183,6 @@ async def test_the_job_fails_when_max_placements_is_reached(client: Client) -> N
                for e in chain(err))
 
 
-@pytest.mark.xfail(strict=True, reason="workflow bug: the error does not name the placement "
-                   "limit, only the last node's failure (see the report of issue 12 item 7)")
 async def test_the_placement_limit_error_says_the_limit_was_reached(client: Client) -> None:
     fakes = Fakes()
     nodes = iter("abc")
@@ -330,8 +327,6 @@ async def test_cancel_during_the_retry_backoff_ends_cancelled(client: Client) ->
     assert st["status"] == "CANCELLED" and len(fakes.calls["run_backtest"]) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="workflow bug: _warm turns ANY failure after an unhealthy "
-                   "node, a cancel included, into NoNodeCanRun (see the report of issue 12 item 7)")
 async def test_cancel_while_looking_for_a_healthy_node_ends_cancelled(client: Client) -> None:
     fakes = Fakes()
 
@@ -351,8 +346,6 @@ async def test_cancel_while_looking_for_a_healthy_node_ends_cancelled(client: Cl
     assert st["status"] == "CANCELLED" and isinstance(err.cause, CancelledError)
 
 
-@pytest.mark.xfail(strict=True, reason="workflow bug: _warm reports a healthy node's own "
-                   "non-retryable error as NoNodeCanRun (see the report of issue 12 item 7)")
 async def test_a_data_error_after_an_unhealthy_node_is_reported_as_itself(client: Client) -> None:
     fakes = Fakes()
 

@@ -24,7 +24,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from tickreplay.errors import NodeUnhealthy, NoNodeCanRun, WorkerShutdown
+    from tickreplay.errors import NodeUnhealthy, NoNodeCanRun, PlacementsExhausted, WorkerShutdown
     from tickreplay.workflows.types import (
         NON_RETRYABLE,
         JobInput,
@@ -161,8 +161,14 @@ class BacktestWorkflow:
                     TimeoutType.SCHEDULE_TO_START, TimeoutType.HEARTBEAT)
                 handed_over = isinstance(cause, ApplicationError) and cause.type == WorkerShutdown.code
                 retryable = isinstance(cause, ApplicationError) and not cause.non_retryable
-                if not (lost or retryable) or self._placements >= opts.max_placements:
+                if not (lost or retryable):
                     raise
+                if self._placements >= opts.max_placements:
+                    raise ApplicationError(
+                        f"gave up after {self._placements} placements (max_placements="
+                        f"{opts.max_placements}); the last, on node {node.node}: "
+                        f"{_cause_message(e)}", type=PlacementsExhausted.code,
+                        non_retryable=True) from e
                 details = list((cause.last_heartbeat_details if isinstance(cause, TimeoutError)
                                 else cause.details) or [])  # type: ignore[union-attr]
                 ticks_before = resume.ticks_done if resume else 0
@@ -199,7 +205,10 @@ class BacktestWorkflow:
                     unhealthy[str(d.get("node"))] = str(d.get("reason"))
                     workflow.logger.warning("%s; placing the run elsewhere", cause.message)
                     continue
-                if unhealthy:
+                # Only "no healthy node answered in time" means that; a cancel or a healthy
+                # node's own non-retryable error (corrupt data) is reported as itself.
+                if unhealthy and not isinstance(cause, CancelledError) and not (
+                        isinstance(cause, ApplicationError) and cause.non_retryable):
                     raise ApplicationError(
                         "no node can run this job: " + "; ".join(
                             f"node {n}: {r}" for n, r in sorted(unhealthy.items())),
