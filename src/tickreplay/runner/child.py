@@ -122,7 +122,8 @@ def run(job: RunnerJob, chan: Channel, stop: threading.Event) -> int:
         chan.send(Checkpoint(path=str(path), ticks_done=ticks))
 
     if blob is not None:
-        from tickreplay.engine.core import CheckpointError, Engine
+        from tickreplay.engine.core import Engine
+        from tickreplay.errors import CheckpointError
         from tickreplay.strategy.loader import load_strategy
 
         try:  # a checkpoint from another engine version: start over
