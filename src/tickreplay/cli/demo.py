@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # the checkout: src/tickreplay/cli/demo.py
 STATE = ROOT / ".state"
 
 
