@@ -78,8 +78,8 @@ import tickreplay
 from tickreplay.data.generate import generate
 from tickreplay.data.objectstore import S3Store
 from tickreplay.jobs import client as jobs
+from tickreplay.osutil import die_with_parent
 from tickreplay.results import result_hash
-from tickreplay.runner.child import die_with_parent
 from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
