@@ -399,9 +399,13 @@ async def test_an_object_store_outage_mid_run_is_waited_out(
     s3 = SeaweedFS.start(tmp_path / "s3", access_key="outage", secret_key="outage-secret-0123",
                          die_with_parent=True)
     try:
+        # Its own task queue: jobs earlier tests of this module left running on the shared
+        # one would otherwise reach this worker (another S3) and hold its slots (seen: no
+        # checkpoint within 120 s in a full-suite run, while the test alone passed in 45 s).
         settings = isettings.model_copy(update={
             "s3_endpoint": s3.endpoint, "s3_access_key": "outage",
-            "s3_secret_key": "outage-secret-0123", "cache_dir": tmp_path / "cache"})
+            "s3_secret_key": "outage-secret-0123", "cache_dir": tmp_path / "cache",
+            "task_queue": f"{isettings.task_queue}-outage"})
         for b in (settings.data_bucket, settings.results_bucket, settings.artifacts_bucket):
             S3Store(b, settings=settings).ensure_bucket()
         generate(S3Store(settings.data_bucket, settings=settings), ["CCC", "DDD"], "2024-04-01",
