@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from wfkit import (
     EXAMPLES,
     isolated_settings,
@@ -417,9 +417,15 @@ async def test_an_object_store_outage_mid_run_is_waited_out(
         workers.append(spawn_worker(settings, tmp_path / "w1.log"))
         job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.5))
         handle = await jobs.submit(client, settings, job)
-        await wait_for(lambda: _has_checkpoint(client, job.job_id), 120, 0.1)
+        # The first checkpoint OBJECT, not its heartbeat: the SDK sends heartbeats at most
+        # every 8 s (0.8 x the timeout) and a fast run could finish before one names it.
+        ckpts = S3Store(settings.artifacts_bucket, settings=settings)
+        await wait_for(lambda: asyncio.to_thread(ckpts.list, f"checkpoints/{job.job_id}/"),
+                       120, 0.1)
         port = s3.ports["s3.port"]
         s3.stop(grace=0)
+        # Mid-run: it cannot publish (nor even stage) without S3, so it must still be running.
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         await asyncio.sleep(15)
         s3 = SeaweedFS.start(tmp_path / "s3", s3_port=port, access_key="outage",
                              secret_key="outage-secret-0123", die_with_parent=True)
