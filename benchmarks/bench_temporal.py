@@ -30,7 +30,7 @@ from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import plan_data
 from tickreplay.data.generate import generate
 from tickreplay.data.objectstore import S3Store, open_store
-from tickreplay.jobs import client as jobs
+from tickreplay.jobs import operations as jobs
 from tickreplay.results import write_results
 from tickreplay.runner.driver import count_ticks, fetch_plan, run_local, simulate, validated_params
 from tickreplay.settings import Settings

@@ -80,7 +80,7 @@ def _wait_done(cli: CLI, job_id: str) -> dict[str, Any]:
 
 
 def _started_input(settings: Settings, job_id: str) -> Any:
-    from tickreplay.jobs.client import connect
+    from tickreplay.jobs.operations import connect
     from tickreplay.workflows.types import JobInput
 
     async def go() -> Any:

@@ -77,7 +77,7 @@ from wfkit import EXAMPLES, stop_process, wait_for
 import tickreplay
 from tickreplay.data.generate import generate
 from tickreplay.data.objectstore import S3Store
-from tickreplay.jobs import client as jobs
+from tickreplay.jobs import operations as jobs
 from tickreplay.osutil import die_with_parent
 from tickreplay.results import result_hash
 from tickreplay.runner.driver import run_local

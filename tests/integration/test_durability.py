@@ -30,7 +30,7 @@ from wfkit import (
 )
 
 from tickreplay.data.objectstore import S3Store
-from tickreplay.jobs import client as jobs
+from tickreplay.jobs import operations as jobs
 from tickreplay.results import result_hash
 from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _job(job_id: str, fast: int = 10, stall: float = 600.0) -> Any:
-    from tickreplay.jobs.client import prepare
+    from tickreplay.jobs.operations import prepare
     from tickreplay.spec import BacktestSpec
     from tickreplay.workflows.types import JobOptions
 
@@ -41,7 +41,7 @@ async def _run(temporal_address: str, body: Any) -> None:
 
 
 def test_same_id_same_spec_returns_the_running_job(temporal_address: str) -> None:
-    from tickreplay.jobs import client as jobs
+    from tickreplay.jobs import operations as jobs
 
     async def body(client: Any, settings: Any) -> None:
         job_id = f"bt-{uuid.uuid4().hex[:12]}"
@@ -58,7 +58,7 @@ def test_same_id_same_spec_after_close_returns_the_closed_job_not_a_new_run(
         temporal_address: str) -> None:
     from temporalio.client import WorkflowExecutionStatus
 
-    from tickreplay.jobs import client as jobs
+    from tickreplay.jobs import operations as jobs
 
     async def body(client: Any, settings: Any) -> None:
         job_id = f"bt-{uuid.uuid4().hex[:12]}"
@@ -78,7 +78,7 @@ def test_same_id_same_spec_after_close_returns_the_closed_job_not_a_new_run(
 @pytest.mark.parametrize("change", ["params", "options"])
 def test_same_id_different_input_is_refused_at_once(temporal_address: str, closed: bool,
                                                     change: str) -> None:
-    from tickreplay.jobs import client as jobs
+    from tickreplay.jobs import operations as jobs
 
     async def body(client: Any, settings: Any) -> None:
         job_id = f"bt-{uuid.uuid4().hex[:12]}"

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError
 from wfkit import EXAMPLES, isolated_settings, record_history
 
-from tickreplay.jobs import client as jobs
+from tickreplay.jobs import operations as jobs
 from tickreplay.results import result_hash
 from tickreplay.runner.driver import run_local
 from tickreplay.settings import Settings

@@ -48,7 +48,7 @@ from tickreplay.errors import (
     StrategyError,
     WorkerShutdown,
 )
-from tickreplay.jobs import client as jobs
+from tickreplay.jobs import operations as jobs
 from tickreplay.workflows.types import (
     JobInput,
     JobOptions,
