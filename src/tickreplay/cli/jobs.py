@@ -60,7 +60,7 @@ def _spec(strategy: str, data: str | None, symbols: str, start: dt.datetime, end
 
 def _prepare(spec: Any, job_id: str | None, checkpoint_every: float,
              stall_timeout: float = 600.0) -> Any:
-    from tickreplay.jobs.client import prepare
+    from tickreplay.jobs.operations import prepare
     from tickreplay.strategy.api import StrategyError
     from tickreplay.workflows.types import JobOptions
 
@@ -72,7 +72,7 @@ def _prepare(spec: Any, job_id: str | None, checkpoint_every: float,
 
 
 async def _client() -> Any:
-    from tickreplay.jobs.client import connect
+    from tickreplay.jobs.operations import connect
 
     settings = _stack_settings()
     try:
@@ -84,7 +84,7 @@ async def _client() -> Any:
 
 async def _wait(client: Any, job_id: str, show_progress: bool) -> dict[str, Any]:
     """Poll the job's status query until it ends, with a progress bar if asked."""
-    from tickreplay.jobs.client import status
+    from tickreplay.jobs.operations import status
 
     bar = progress_bar()
     bar.disable = not show_progress
@@ -184,8 +184,8 @@ def submit(
     The same ``--job-id`` with the same inputs returns the existing job; with different
     inputs it is refused.
     """
-    from tickreplay.jobs.client import JobConflictError
-    from tickreplay.jobs.client import submit as do_submit
+    from tickreplay.jobs.operations import JobConflictError
+    from tickreplay.jobs.operations import submit as do_submit
 
     config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
     spec = _spec(strategy, data, symbols, start, end, param, config)
@@ -218,7 +218,7 @@ def submit(
 @app.command("status")
 def status_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Status and progress of a job (ticks done / total, simulated date, metrics at the end)."""
-    from tickreplay.jobs.client import status
+    from tickreplay.jobs.operations import status
 
     async def go() -> None:
         client = await _client()
@@ -236,7 +236,7 @@ def status_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
 def results_cmd(job_id: str, out: Annotated[Path, typer.Option(help="Directory")]) -> None:
     """Download a job's published, verified result files."""
     from tickreplay.integrity import IntegrityError
-    from tickreplay.jobs.client import download_results
+    from tickreplay.jobs.operations import download_results
     from tickreplay.results import ResultsError
 
     try:
@@ -250,7 +250,7 @@ def results_cmd(job_id: str, out: Annotated[Path, typer.Option(help="Directory")
 @app.command("logs")
 def logs_cmd(job_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """A job's events, its error with traceback, and the strategy's log records."""
-    from tickreplay.jobs.client import job_logs
+    from tickreplay.jobs.operations import job_logs
 
     settings = _stack_settings()
     try:
@@ -292,7 +292,7 @@ def cancel_cmd(job_id: str) -> None:
 
     from temporalio.client import WorkflowExecutionStatus
 
-    from tickreplay.jobs.client import status_name
+    from tickreplay.jobs.operations import status_name
 
     async def go() -> None:
         client = await _client()
@@ -326,7 +326,7 @@ def sweep_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run a parameter grid as child backtests and print them ranked by a metric."""
-    from tickreplay.jobs.client import new_job_id, submit_sweep
+    from tickreplay.jobs.operations import new_job_id, submit_sweep
     from tickreplay.workflows.types import SweepInput
 
     axes: dict[str, list[str]] = {}
