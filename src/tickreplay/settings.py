@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         None, description="Fault injection for chaos tests only: 'stage=seconds,...' makes "
                           "that activity (warm_cache, publish_results) pause, heartbeating, "
                           "so a worker can be killed inside it")
+    db_dsn: str | None = Field(
+        None, description="Metadata database (SQLAlchemy URL), e.g. "
+                          "postgresql+psycopg://user@host/db (default: SQLite home/tickreplay.db)")
     runner_sandbox: str = Field(
         "auto", description="Runner isolation: 'bwrap' (bubblewrap), 'process' (none), or 'auto' "
                             "(bwrap when installed)")
@@ -108,6 +111,10 @@ class Settings(BaseSettings):
             if name.strip() == stage:
                 return float(seconds)
         return 0.0
+
+    def resolved_db_dsn(self) -> str:
+        """The metadata database's URL, defaulting to a SQLite file in the state dir."""
+        return self.db_dsn or f"sqlite:///{self.home / 'tickreplay.db'}"
 
     def resolved_cache_dir(self) -> Path:
         """The cache directory, defaulting to ``<home>/cache``."""

@@ -86,6 +86,11 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
 
     first = runner.invoke(app, ["up", *args, "--workers", "0"])
     assert first.exit_code == 0, first.output
+    # `up` ran the metadata database's migrations (issue 13).
+    from tickreplay.db.migrate import current
+    from tickreplay.db.store import open_engine
+
+    assert current(open_engine(f"sqlite:///{state_dir / 'tickreplay.db'}")) == "0001"
     assert f"http://127.0.0.1:{ports['ui_port']}" in first.output
     assert f"http://127.0.0.1:{ports['s3_port']}" in first.output
 

@@ -147,6 +147,7 @@ def up(
     state_dir = Path(state_dir).expanduser().resolve()
     settings = settings or Settings.load(home=state_dir)
     with locked(state_dir):
+        _migrate(settings, state_dir)
         alive: dict[str, PidRecord] = {}
         previous: dict[str, int] = read_last_ports(state_dir)
         for name, rec in read_records(state_dir).items():
@@ -236,6 +237,22 @@ def _record(state_dir: Path, name: str, pid: int, ports: dict[str, int], endpoin
     rec = PidRecord.capture(name, pid, ports, endpoint, log_path)
     write_record(state_dir, rec)
     return rec
+
+
+def _migrate(settings: Settings, state_dir: Path) -> None:
+    """Bring the metadata database to the newest schema (every ``up``; idempotent, ~50 ms)."""
+    from tickreplay.db.migrate import upgrade
+    from tickreplay.db.store import open_engine
+
+    dsn = settings.db_dsn or f"sqlite:///{state_dir / 'tickreplay.db'}"
+    engine = open_engine(dsn)
+    try:
+        upgrade(engine)
+    except Exception as e:  # noqa: BLE001 - any database failure stops `up`, naming it
+        raise StackError("database", f"migrations failed on {dsn}: {type(e).__name__}: {e}"
+                         ) from None
+    finally:
+        engine.dispose()
 
 
 def _create_buckets(settings: Settings, endpoint: str) -> None:

@@ -1,0 +1,222 @@
+"""The metadata store: users and their tokens, jobs and their status, job events.
+
+Every method is one short transaction. Status changes are checked against the job's life
+(PENDING -> RUNNING -> SUCCEEDED | FAILED | CANCELLED; PENDING may also end directly) and are
+idempotent: an activity retried after a worker kill writes the same transition again and
+nothing changes; a terminal status is never left.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, select, tuple_
+from sqlalchemy.orm import Session, sessionmaker
+
+from tickreplay.db.models import (
+    PENDING,
+    RUNNING,
+    STATUSES,
+    TERMINAL,
+    ApiToken,
+    Job,
+    JobEvent,
+    User,
+)
+from tickreplay.errors import TickreplayError
+
+_NEXT = {PENDING: {RUNNING, *TERMINAL}, RUNNING: set(TERMINAL)}
+
+
+class StoreError(TickreplayError):
+    """A request the metadata store refuses (unknown user, illegal status change, ...)."""
+
+    code = "StoreError"
+
+
+def open_engine(dsn: str, schema: str | None = None) -> Engine:
+    """An engine for ``dsn``; on PostgreSQL ``schema`` becomes the search path (tests use it).
+
+    SQLite gets foreign keys on and a busy timeout: the API and several workers share the file.
+    """
+    if dsn.startswith("sqlite"):
+        engine = create_engine(dsn, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn: Any, _record: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+
+        return engine
+    args = {"options": f"-csearch_path={schema}"} if schema else {}
+    return create_engine(dsn, connect_args=args, pool_pre_ping=True)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    id: int
+    name: str
+    is_admin: bool
+
+
+class MetaStore:
+    """Users, tokens, jobs and events over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._session.begin() as s:
+            yield s
+
+    # -------------------------------------------------------------------- users and tokens
+    def add_user(self, name: str, *, admin: bool = False) -> str:
+        """Create ``name`` and return its first token (shown once; only its hash is kept)."""
+        with self._tx() as s:
+            if s.scalar(select(User).where(User.name == name)) is not None:
+                raise StoreError(f"user {name!r} already exists")
+            user = User(name=name, is_admin=admin, created_at=_now())
+            s.add(user)
+            s.flush()
+            return self._issue(s, user.id)
+
+    def new_token(self, name: str) -> str:
+        """Another token for an existing, active user."""
+        with self._tx() as s:
+            return self._issue(s, self._user(s, name).id)
+
+    @staticmethod
+    def _issue(s: Session, user_id: int) -> str:
+        token = "trk_" + secrets.token_urlsafe(32)
+        s.add(ApiToken(user_id=user_id, token_sha256=hash_token(token), created_at=_now()))
+        return token
+
+    @staticmethod
+    def _user(s: Session, name: str) -> User:
+        user = s.scalar(select(User).where(User.name == name, User.revoked_at.is_(None)))
+        if user is None:
+            raise StoreError(f"no active user {name!r}")
+        return user
+
+    def revoke_user(self, name: str) -> None:
+        """The user and every token of theirs stop working at once; their jobs stay."""
+        with self._tx() as s:
+            user = self._user(s, name)
+            user.revoked_at = _now()
+            for tok in s.scalars(select(ApiToken).where(ApiToken.user_id == user.id,
+                                                        ApiToken.revoked_at.is_(None))):
+                tok.revoked_at = user.revoked_at
+
+    def users(self) -> list[dict[str, Any]]:
+        with self._tx() as s:
+            return [{"name": u.name, "admin": u.is_admin, "created_at": u.created_at,
+                     "revoked": u.revoked_at is not None}
+                    for u in s.scalars(select(User).order_by(User.name))]
+
+    def authenticate(self, token: str) -> UserInfo | None:
+        """The active user a bearer token belongs to, or None."""
+        with self._tx() as s:
+            row = s.execute(
+                select(User).join(ApiToken, ApiToken.user_id == User.id).where(
+                    ApiToken.token_sha256 == hash_token(token), ApiToken.revoked_at.is_(None),
+                    User.revoked_at.is_(None))).scalar_one_or_none()
+            return None if row is None else UserInfo(row.id, row.name, row.is_admin)
+
+    # ------------------------------------------------------------------------------ jobs
+    def create_job(self, user: UserInfo, job_id: str, spec: dict[str, Any],
+                   strategy_digest: str, data_fingerprint: str = "") -> bool:
+        """Record a submitted job as PENDING; False if ``job_id`` already exists."""
+        with self._tx() as s:
+            if s.get(Job, job_id) is not None:
+                return False
+            s.add(Job(job_id=job_id, user_id=user.id, status=PENDING,
+                      strategy_digest=strategy_digest, data_fingerprint=data_fingerprint,
+                      spec=spec, params=dict(spec.get("params") or {}),
+                      symbols=list(spec["symbols"]),
+                      start_date=dt.date.fromisoformat(str(spec["start"])),
+                      end_date=dt.date.fromisoformat(str(spec["end"])), submitted_at=_now()))
+            return True
+
+    def set_status(self, job_id: str, status: str, **fields: Any) -> bool:
+        """Move a job to ``status`` (and set result fields); False if it already was there.
+
+        Raises:
+            StoreError: unknown job, unknown status, or a transition its life does not allow.
+        """
+        if status not in STATUSES:
+            raise StoreError(f"unknown status {status!r}")
+        allowed = {"data_fingerprint", "results_path", "result_hash", "metrics", "error"}
+        if set(fields) - allowed:
+            raise StoreError(f"cannot set {sorted(set(fields) - allowed)} on a job")
+        with self._tx() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is None:
+                raise StoreError(f"no job {job_id!r}")
+            if job.status == status:
+                return False
+            if status not in _NEXT.get(job.status, set()):
+                raise StoreError(f"job {job_id} is {job.status}; it cannot become {status}")
+            job.status = status
+            if status == RUNNING:
+                job.started_at = _now()
+            if status in TERMINAL:
+                job.finished_at = _now()
+            for k, v in fields.items():
+                setattr(job, k, v)
+            return True
+
+    def job(self, job_id: str, viewer: UserInfo) -> dict[str, Any] | None:
+        """The job as a dict, or None if it does not exist or ``viewer`` may not see it."""
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            if job is None or not (viewer.is_admin or job.user_id == viewer.id):
+                return None
+            return _as_dict(job)
+
+    def jobs(self, viewer: UserInfo, *, status: str | None = None, limit: int = 50,
+             after: tuple[dt.datetime, str] | None = None) -> list[dict[str, Any]]:
+        """The viewer's jobs (an admin's: everyone's), oldest first, ``limit`` after a cursor.
+
+        The cursor is ``(submitted_at, job_id)`` of the last job of the previous page: stable
+        under concurrent submissions, unlike an offset.
+        """
+        q = select(Job).order_by(Job.submitted_at, Job.job_id).limit(limit)
+        if not viewer.is_admin:
+            q = q.where(Job.user_id == viewer.id)
+        if status is not None:
+            q = q.where(Job.status == status)
+        if after is not None:
+            q = q.where(tuple_(Job.submitted_at, Job.job_id) > tuple_(*after))
+        with self._tx() as s:
+            return [_as_dict(j) for j in s.scalars(q)]
+
+    def add_event(self, job_id: str, kind: str, **data: Any) -> None:
+        with self._tx() as s:
+            s.add(JobEvent(job_id=job_id, ts=_now(), kind=kind, data=data))
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        with self._tx() as s:
+            return [{"ts": e.ts, "kind": e.kind, **e.data} for e in s.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
+
+
+def _as_dict(job: Job) -> dict[str, Any]:
+    return {c.key: getattr(job, c.key) for c in Job.__table__.columns if c.key != "user_id"}

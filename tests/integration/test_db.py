@@ -1,0 +1,158 @@
+"""The metadata store against real SQLite and the real PostgreSQL on 127.0.0.1:5432 (issue 13).
+
+Each PostgreSQL run gets a schema of its own in database ``test`` (trust auth), dropped
+afterwards; each SQLite run a fresh file. Migrations go up and down on both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, text
+
+from tickreplay.db.migrate import current, downgrade, upgrade
+from tickreplay.db.models import Base
+from tickreplay.db.store import MetaStore, StoreError, hash_token, open_engine
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TABLES = {"users", "api_tokens", "jobs", "job_events"}
+
+
+def _pg_available() -> bool:
+    try:
+        with create_engine(PG).connect() as conn:
+            conn.execute(text("select 1"))
+        return True
+    except Exception:  # noqa: BLE001 - any failure: no server
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        eng = open_engine(f"sqlite:///{tmp_path / 'meta.db'}")
+        yield eng
+        eng.dispose()
+        return
+    if not _pg_available():
+        pytest.fail("PostgreSQL on 127.0.0.1:5432 (database test, trust auth) is required")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'create schema "{schema}"'))
+    eng = open_engine(PG, schema=schema)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'drop schema "{schema}" cascade'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> MetaStore:
+    upgrade(engine)
+    return MetaStore(engine)
+
+
+def _tables(engine: Engine) -> set[str]:
+    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+
+
+def test_migrations_go_up_and_down_and_match_the_models(engine: Engine) -> None:
+    assert current(engine) is None and _tables(engine) == set()
+    upgrade(engine)
+    upgrade(engine)  # idempotent at head
+    assert current(engine) == "0001" and _tables(engine) == TABLES
+    insp = inspect(engine)
+    for table in Base.metadata.sorted_tables:  # the ORM mirrors what the migration made
+        assert {c["name"] for c in insp.get_columns(table.name)} == set(table.columns.keys())
+    downgrade(engine, "base")
+    assert current(engine) is None and _tables(engine) == set()
+
+
+def _spec(**over: object) -> dict:
+    return {"strategy": "s.py", "symbols": ["AAA", "BBB"], "start": "2024-03-04",
+            "end": "2024-03-08", "params": {"fast": 5}, **over}
+
+
+def test_tokens_are_stored_hashed_authenticate_and_die_with_their_user(
+        store: MetaStore, engine: Engine) -> None:
+    token = store.add_user("alice")
+    with engine.connect() as conn:
+        stored = [r[0] for r in conn.execute(text("select token_sha256 from api_tokens"))]
+    assert stored == [hash_token(token)] and token not in stored
+    alice = store.authenticate(token)
+    assert alice is not None and alice.name == "alice" and not alice.is_admin
+    assert store.authenticate(token + "x") is None
+    second = store.new_token("alice")
+    assert store.authenticate(second) == alice
+    with pytest.raises(StoreError, match="already exists"):
+        store.add_user("alice")
+    store.revoke_user("alice")
+    assert store.authenticate(token) is None and store.authenticate(second) is None
+    assert store.users()[0]["revoked"] is True
+
+
+def test_a_job_lives_pending_running_terminal_and_transitions_are_idempotent(
+        store: MetaStore) -> None:
+    alice = store.authenticate(store.add_user("alice"))
+    assert alice is not None
+    assert store.create_job(alice, "j1", _spec(), "d" * 64) is True
+    assert store.create_job(alice, "j1", _spec(), "d" * 64) is False  # same id: no second row
+    job = store.job("j1", alice)
+    assert job is not None and job["status"] == "PENDING" and job["symbols"] == ["AAA", "BBB"]
+    assert job["start_date"] == dt.date(2024, 3, 4) and job["params"] == {"fast": 5}
+    assert store.set_status("j1", "RUNNING", data_fingerprint="f" * 64) is True
+    assert store.set_status("j1", "RUNNING") is False  # a retried activity: no change
+    assert store.set_status("j1", "SUCCEEDED", result_hash="h" * 64,
+                            metrics={"sharpe": 1.5, "undefined": None},
+                            results_path="s3://results/j1/") is True
+    assert store.set_status("j1", "SUCCEEDED") is False
+    with pytest.raises(StoreError, match="cannot become RUNNING"):
+        store.set_status("j1", "RUNNING")  # a terminal status is never left
+    with pytest.raises(StoreError, match="cannot become FAILED"):
+        store.set_status("j1", "FAILED")
+    job = store.job("j1", alice)
+    assert job is not None and job["status"] == "SUCCEEDED"
+    assert job["metrics"] == {"sharpe": 1.5, "undefined": None}
+    assert job["started_at"] <= job["finished_at"] and job["data_fingerprint"] == "f" * 64
+    with pytest.raises(StoreError, match="no job"):
+        store.set_status("nope", "RUNNING")
+    with pytest.raises(StoreError, match="unknown status"):
+        store.set_status("j1", "DONE")
+    with pytest.raises(StoreError, match="cannot set"):
+        store.set_status("j1", "SUCCEEDED", user_id=2)
+    store.add_event("j1", "published", results_url="s3://results/j1/")
+    (ev,) = store.events("j1")
+    assert ev["kind"] == "published" and ev["results_url"] == "s3://results/j1/"
+
+
+def test_users_see_only_their_jobs_admins_all_with_cursor_pages(store: MetaStore) -> None:
+    alice = store.authenticate(store.add_user("alice"))
+    bob = store.authenticate(store.add_user("bob"))
+    root = store.authenticate(store.add_user("root", admin=True))
+    assert alice and bob and root
+    for i in range(5):
+        store.create_job(alice, f"a{i}", _spec(), "d" * 64)
+    store.create_job(bob, "b0", _spec(), "d" * 64)
+    store.set_status("a3", "CANCELLED")
+    assert store.job("b0", alice) is None and store.job("a0", bob) is None
+    assert store.job("b0", root) is not None
+
+    pages, after = [], None
+    while True:
+        page = store.jobs(alice, limit=2, after=after)
+        if not page:
+            break
+        pages.append([j["job_id"] for j in page])
+        after = (page[-1]["submitted_at"], page[-1]["job_id"])
+    assert pages == [["a0", "a1"], ["a2", "a3"], ["a4"]]
+    assert [j["job_id"] for j in store.jobs(alice, status="CANCELLED")] == ["a3"]
+    assert [j["job_id"] for j in store.jobs(bob)] == ["b0"]
+    assert {j["job_id"] for j in store.jobs(root, limit=100)} == {f"a{i}" for i in range(5)} | {"b0"}
