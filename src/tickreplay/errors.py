@@ -89,7 +89,10 @@ class CheckpointError(TickreplayError):
 class IntegrityError(TickreplayError):
     """Bytes are not authentic (no or a wrong signature) or belong to another run."""
 
-    code = "IntegrityError"
+    # Not "IntegrityError": error types share one namespace with foreign exception class names
+    # (the SDK names an escaped exception by its class), and a database driver's
+    # IntegrityError must not become non-retryable by accident.
+    code = "NotAuthentic"
 
 
 class ResultsError(TickreplayError):
@@ -164,6 +167,12 @@ class JobConflictError(TickreplayError):
             "options; submit under another --job-id, or omit it for a fresh one")
         self.job_id = job_id
         self.status = status
+
+
+class StoreError(TickreplayError):
+    """A request the metadata store refuses (unknown user, illegal status change, ...)."""
+
+    code = "StoreError"
 
 
 class StackError(TickreplayError, RuntimeError):

@@ -20,13 +20,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import struct
 from pathlib import Path
 from typing import Any
 
 from tickreplay.errors import IntegrityError
+from tickreplay.osutil import atomic_write
 
 ALG = "HMAC-SHA256"
 _ENVELOPE_MAGIC = b"TRSEAL1\n"
@@ -36,20 +36,16 @@ _MIN_KEY_BYTES = 16
 def load_or_create_key(path: Path) -> bytes:
     """The platform key at ``path``; created (32 random bytes, hex, mode 0600) if missing.
 
-    Creation uses ``O_EXCL`` so two workers starting at once agree on one key.
+    Created complete, then linked into place only if absent (``atomic_write(exclusive=True)``):
+    two workers starting at once agree on one key, and neither can read a half-written one.
     """
     path = Path(path)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            atomic_write(path, secrets.token_hex(32) + "\n", mode=0o600, exclusive=True)
         except FileExistsError:
             pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
     return parse_key(path.read_text().strip(), str(path))
 
 

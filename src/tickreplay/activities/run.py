@@ -192,7 +192,9 @@ class RunActivity(NodeContext):
                             f"worker shutting down; checkpoint at {state.ticks_done} ticks",
                             details=dataclasses.asdict(state))
                     raise RunnerDied(
-                        f"runner exited with code {code} without a result; its output: "
+                        f"runner exited with code {code} without a result"
+                        f"{f' ({runner.bad_lines} invalid protocol lines)' if runner.bad_lines else ''}"
+                        "; its output: "
                         f"{runner.output()['stderr'][-2000:] or '(none)'}",
                         details=dataclasses.asdict(state))
                 match msg:

@@ -164,7 +164,7 @@ def submit(
     symbols: o.Symbols,
     start: o.Start,
     end: o.End,
-    data: Annotated[str | None, typer.Option(help="Catalog URL (default s3://<data bucket>)")] = None,
+    data: o.StackData = None,
     param: o.Params = None,
     latency_ms: o.LatencyMs = 0.0,
     slippage_bps: o.SlippageBps = 0.0,
@@ -313,14 +313,17 @@ def sweep_cmd(
     start: o.Start,
     end: o.End,
     grid: Annotated[list[str], typer.Option(help="name=v1,v2,... (repeatable)")],
-    data: Annotated[str | None, typer.Option()] = None,
-    param: o.Params = None,
+    data: o.StackData = None,
+    param: o.FixedParams = None,
     metric: Annotated[str, typer.Option(help="Metric to rank by")] = "sharpe",
     minimize: Annotated[bool, typer.Option(help="Rank ascending")] = False,
     max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
     latency_ms: o.LatencyMs = 0.0,
     slippage_bps: o.SlippageBps = 0.0,
     commission: o.Commission = "none",
+    initial_cash: o.InitialCash = 1_000_000.0,
+    seed: o.Seed = 0,
+    mode: o.Mode = "auto",
     stall_timeout: o.StallTimeout = 600.0,
     allow_missing: o.AllowMissing = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -335,7 +338,7 @@ def sweep_cmd(
         if not sep or not values:
             raise fail(f"--grid expects name=v1,v2,..., got {g!r}")
         axes[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
-    config = build_config(latency_ms, slippage_bps, commission, 1_000_000.0, 0, "auto")
+    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
     spec = _spec(strategy, data, symbols, start, end, param, config)
     base = _prepare(spec, None, 30.0, stall_timeout)
     _stack_settings()  # no stack: fail now, before listing the catalog

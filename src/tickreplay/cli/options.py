@@ -27,4 +27,7 @@ StallTimeout = Annotated[float, typer.Option(
     min=1, help="Seconds without progress before the strategy is stopped as stuck")]
 AllowMissing = Annotated[bool, typer.Option(
     help="Run even if some symbols have no data in the range")]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON")]
+StackData = Annotated[str | None, typer.Option(
+    "--data", help="Catalog URL (default s3://<data bucket>)")]
+FixedParams = Annotated[list[str] | None, typer.Option(
+    "--param", help="Fixed strategy parameter k=v beside the grid (repeatable)")]

@@ -29,15 +29,11 @@ from tickreplay.db.models import (
     JobEvent,
     User,
 )
-from tickreplay.errors import TickreplayError
+from tickreplay.errors import StoreError
+
+__all__ = ["MetaStore", "StoreError", "UserInfo", "hash_token", "open_engine"]
 
 _NEXT = {PENDING: {RUNNING, *TERMINAL}, RUNNING: set(TERMINAL)}
-
-
-class StoreError(TickreplayError):
-    """A request the metadata store refuses (unknown user, illegal status change, ...)."""
-
-    code = "StoreError"
 
 
 def open_engine(dsn: str, schema: str | None = None) -> Engine:

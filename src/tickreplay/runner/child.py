@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tickreplay.errors import ResultsError, TickreplayError, classify
+from tickreplay.errors import ResultsError, RunnerError, classify
 from tickreplay.osutil import atomic_write
 from tickreplay.runner.protocol import (
     STOP,
@@ -118,7 +118,7 @@ def run(job: RunnerJob, chan: Channel, stop: threading.Event) -> int:
 
     def on_checkpoint(data: bytes, ticks: int) -> None:
         path = workdir / f"ckpt-{ticks:013d}.bin"
-        atomic_write(path, data)
+        atomic_write(path, data, fsync=False)  # the worker uploads it at once: no need
         chan.send(Checkpoint(path=str(path), ticks_done=ticks))
 
     if blob is not None:
@@ -190,7 +190,7 @@ def main() -> None:
     except BaseException as e:  # noqa: BLE001 - report all; the parent classifies
         kind, retryable = classify(e)
         # Our own errors are named by ``kind``; only a foreign exception needs its type name.
-        msg = str(e) if isinstance(e, TickreplayError) else f"{type(e).__name__}: {e}"
+        msg = f"{type(e).__name__}: {e}" if kind == RunnerError.code else str(e)
         try:
             chan.send(Failed(kind=kind, retryable=retryable, message=msg,
                              traceback="".join(traceback.format_exception(e))))
