@@ -48,7 +48,7 @@ def cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CLI]:
             "--ticks-per-day", "20000", "--seed", "4")
         yield run
     finally:
-        run("down", "--state-dir", str(home), ok=True)
+        run("down", "--state-dir", str(home), "--service-grace", "0", ok=True)  # throwaway data
 
 
 def test_submit_status_results_logs(cli: CLI, tmp_path: Path) -> None:

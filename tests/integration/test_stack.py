@@ -120,7 +120,7 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
     assert {p.name: p.pid for p in stack.status(state_dir).parts} == \
         {name: p["pid"] for name, p in parts.items()}
 
-    down = runner.invoke(app, ["down", "--state-dir", str(state_dir)])
+    down = runner.invoke(app, ["down", "--state-dir", str(state_dir), "--service-grace", "0"])
     assert down.exit_code == 0, down.output
     assert "seaweedfs" in down.output and "temporal" in down.output
     assert not any(_running(p["pid"]) for p in parts.values())

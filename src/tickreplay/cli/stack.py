@@ -67,12 +67,16 @@ def down_command(
     state_dir: StateDir = None,
     worker_grace: Annotated[float, typer.Option(
         min=0, help="Seconds workers get to checkpoint before SIGKILL")] = 60.0,
+    service_grace: Annotated[float, typer.Option(
+        min=0, help="Seconds Temporal and SeaweedFS get to stop cleanly (SeaweedFS needs ~15 s "
+                    "to flush; 0 for throwaway data)")] = 30.0,
 ) -> None:
     """Stop exactly the processes `tickreplay up` started (per their PID files); data stays."""
     from tickreplay.stack.control import StackError, down
 
     try:
-        stopped = down(_state_dir(state_dir), worker_grace=worker_grace)
+        stopped = down(_state_dir(state_dir), worker_grace=worker_grace,
+                       service_grace=service_grace)
     except StackError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
