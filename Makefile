@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TR     := $(VENV)/bin/tickreplay
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup sandbox test test-unit bench demo chaos lint clean
+.PHONY: setup sandbox test test-unit bench demo chaos lint clean openapi
 
 setup: $(STAMP) sandbox
 
@@ -40,6 +40,13 @@ bench: setup
 chaos: setup
 	$(PY) tests/integration/chaos.py --rounds $(or $(ROUNDS),3) --outage-s $(or $(OUTAGE_S),900) \
 	  --temporal-down-s $(or $(TEMPORAL_DOWN_S),60) --scenarios $(or $(SCENARIOS),all)
+
+# The REST API's OpenAPI document, committed (a test fails when it is stale).
+openapi: setup
+	$(PY) -c "import json; from sqlalchemy import create_engine; \
+	from tickreplay.api.rest import create_app; from tickreplay.db.store import MetaStore; \
+	print(json.dumps(create_app(MetaStore(create_engine('sqlite://'))).openapi(), indent=2, sort_keys=True))" \
+	  > docs/openapi.json
 
 demo: setup
 	$(PY) -m tickreplay.cli.demo

@@ -6,7 +6,7 @@ Importing this package registers every command group on ``app`` (one module per 
 
 from __future__ import annotations
 
-from tickreplay.cli import data, db, jobs, run, stack  # noqa: F401 - registers the commands
+from tickreplay.cli import api, data, db, jobs, run, stack  # noqa: F401 - registers the commands
 from tickreplay.cli.app import app
 
 __all__ = ["app", "main"]
