@@ -94,13 +94,19 @@ class NodeContext:
     def _event(self, job_id: str, kind: str, /, **fields: Any) -> None:
         """Append an operational event to the job's log (one small object per event)."""
         rec = {"ts": time.time(), "kind": kind, "node": self.node, **fields}
-        key = f"jobs/{job_id}/events/{time.time_ns():020d}-{kind}.json"
+        self._put_later(f"jobs/{job_id}/events/{time.time_ns():020d}-{kind}.json",
+                        json.dumps(rec, default=str).encode(), f"event {kind} of {job_id}")
 
+    def _put_later(self, key: str, data: bytes, what: str) -> None:
+        """Write ``data`` to the artifacts store from the events thread, in order, best effort.
+
+        A failure is logged, never raised: job logs must not fail (or block) the job.
+        """
         def write() -> None:
             try:
-                self._artifacts().put_bytes(key, json.dumps(rec, default=str).encode())
-            except Exception:  # noqa: BLE001 - an event log hiccup must never fail the job
-                activity.logger.warning("could not write event %s for %s", kind, job_id)
+                self._artifacts().put_bytes(key, data)
+            except Exception:  # noqa: BLE001 - a log hiccup must never fail the job
+                activity.logger.warning("could not write the %s", what)
 
         self._events.submit(write)
 

@@ -62,10 +62,7 @@ class RunActivity(NodeContext):
         from tickreplay.runner.pool import RunnerPool
 
         info = activity.info()
-        resume = inp.resume
-        beat = t.RunHeartbeat.from_details(info.heartbeat_details)
-        if beat is not None and beat.checkpoint_key:
-            resume = beat
+        resume = t.RunHeartbeat.resume_point(info.heartbeat_details, inp.resume)
         ticks = resume.ticks_done if resume else 0
         state = t.RunHeartbeat(checkpoint_key=resume.checkpoint_key if resume else None,
                                ticks_done=ticks, progress=ticks, ticks_total=inp.ticks_total,
@@ -343,15 +340,9 @@ class RunActivity(NodeContext):
                "stderr": out["stderr"][-4000:], "stdout": out["stdout"][-4000:],
                "node": self.node}
         self._event(job_id, "run_failed", error_type=msg.kind, message=msg.message)
-
-        def write() -> None:
-            try:
-                self._artifacts().put_bytes(f"jobs/{job_id}/error.json",
-                                            json.dumps(err, indent=2).encode())
-            except Exception:  # noqa: BLE001 - the error still reaches the workflow
-                activity.logger.warning("could not store the error of %s", job_id)
-
-        self._events.submit(write)
+        # Best effort: the error reaches the workflow anyway, through the raise below.
+        self._put_later(f"jobs/{job_id}/error.json", json.dumps(err, indent=2).encode(),
+                        f"error of {job_id}")
         raise reported_error(msg.kind, msg.message, {"traceback": msg.traceback})
 
     async def _signal_progress(self, workflow_id: str, state: t.RunHeartbeat,

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from tickreplay.cli.app import app, load_settings
+from tickreplay.cli.app import app
+from tickreplay.cli.db import open_meta_store
 
 
 @app.command("api")
@@ -18,11 +19,5 @@ def api_command(
     import uvicorn
 
     from tickreplay.api.rest import create_app
-    from tickreplay.db.migrate import upgrade
-    from tickreplay.db.store import MetaStore, open_engine
 
-    settings = load_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = open_engine(settings.resolved_db_dsn())
-    upgrade(engine)
-    uvicorn.run(create_app(MetaStore(engine)), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(open_meta_store()), host=host, port=port, log_level="info")

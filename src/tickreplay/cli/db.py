@@ -29,12 +29,16 @@ def _engine(dsn: str | None) -> Any:
     return open_engine(dsn or settings.resolved_db_dsn())
 
 
-def _store(dsn: str | None) -> Any:
+def open_meta_store(dsn: str | None = None) -> Any:
+    """The metadata store, its schema migrated first (``users``, ``tickreplay api``).
+
+    A user command on a fresh state dir must not need a separate ``db upgrade`` step.
+    """
     from tickreplay.db.migrate import upgrade
     from tickreplay.db.store import MetaStore
 
     engine = _engine(dsn)
-    upgrade(engine)  # a user command on a fresh state dir must not need a separate step
+    upgrade(engine)
     return MetaStore(engine)
 
 
@@ -74,7 +78,7 @@ def users_add(name: str, admin: Annotated[bool, typer.Option("--admin")] = False
     from tickreplay.db.store import StoreError
 
     try:
-        token = _store(dsn).add_user(name, admin=admin)
+        token = open_meta_store(dsn).add_user(name, admin=admin)
     except StoreError as e:
         raise fail(str(e), 1) from None
     err.print(f"user {name}{' (admin)' if admin else ''} created; its token (shown once):",
@@ -86,7 +90,7 @@ def users_add(name: str, admin: Annotated[bool, typer.Option("--admin")] = False
 def users_list(as_json: Annotated[bool, typer.Option("--json")] = False,
                dsn: Dsn = None) -> None:
     """Users, their role and whether they are revoked."""
-    users = _store(dsn).users()
+    users = open_meta_store(dsn).users()
     if as_json:
         sys.stdout.write(json.dumps(users, default=str, indent=2) + "\n")
         return
@@ -105,7 +109,7 @@ def users_revoke(name: str, dsn: Dsn = None) -> None:
     from tickreplay.db.store import StoreError
 
     try:
-        _store(dsn).revoke_user(name)
+        open_meta_store(dsn).revoke_user(name)
     except StoreError as e:
         raise fail(str(e), 1) from None
     console.print(f"revoked {name}")

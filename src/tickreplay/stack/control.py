@@ -244,7 +244,7 @@ def _migrate(settings: Settings, state_dir: Path) -> None:
     from tickreplay.db.migrate import upgrade
     from tickreplay.db.store import open_engine
 
-    dsn = settings.db_dsn or f"sqlite:///{state_dir / 'tickreplay.db'}"
+    dsn = settings.model_copy(update={"home": state_dir}).resolved_db_dsn()
     engine = open_engine(dsn)
     try:
         upgrade(engine)

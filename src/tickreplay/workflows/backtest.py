@@ -172,9 +172,7 @@ class BacktestWorkflow:
                 details = list((cause.last_heartbeat_details if isinstance(cause, TimeoutError)
                                 else cause.details) or [])  # type: ignore[union-attr]
                 ticks_before = resume.ticks_done if resume else 0
-                beat = RunHeartbeat.from_details(details)
-                if beat is not None and beat.checkpoint_key:
-                    resume = beat
+                resume = RunHeartbeat.resume_point(details, resume)
                 if lost or handed_over:
                     workflow.logger.info("node %s lost; re-placing from %s", node.node, resume)
                     continue

@@ -125,6 +125,13 @@ class RunHeartbeat:
     at: TickAt | None = None
 
     @classmethod
+    def resume_point(cls, details: Any, current: RunHeartbeat | None) -> RunHeartbeat | None:
+        """Where to resume: the heartbeat in ``details`` if it names a stored checkpoint, else
+        ``current`` (a heartbeat from before the first checkpoint must not reset the resume)."""
+        beat = cls.from_details(details)
+        return beat if beat is not None and beat.checkpoint_key else current
+
+    @classmethod
     def from_details(cls, details: Any) -> RunHeartbeat | None:
         """The heartbeat in a list of Temporal details (decoded untyped, as a dict), if any.
 
