@@ -46,7 +46,6 @@ from tickreplay.engine.orders import (
 from tickreplay.engine.portfolio import Portfolio
 from tickreplay.engine.trades import EquityCurve, TradeLog
 from tickreplay.engine.vector import VectorPath
-from tickreplay.errors import CheckpointError  # noqa: F401 (re-exported)
 from tickreplay.strategy.api import Strategy, StrategyError, Tick
 
 # The version of these semantics: part of every result's hashed inputs and checked by restore, so
