@@ -175,6 +175,51 @@ class StoreError(TickreplayError):
     code = "StoreError"
 
 
+# ----------------------------------------------------------------------------- the job API
+class RequestError(TickreplayError):
+    """A request the job API refuses; ``http`` is its HTTP status (the gRPC server maps it to
+    the matching gRPC code). The message names the field or the object."""
+
+    code = "BadRequest"
+    http: ClassVar[int] = 400
+
+
+class InvalidRequest(RequestError):
+    """A body or argument that cannot be run (invalid field, unknown symbol, no data)."""
+
+    code = "InvalidRequest"
+    http = 422
+
+
+class NotFound(RequestError):
+    """No such job, sweep or strategy for this caller (another user's answers the same)."""
+
+    code = "NotFound"
+    http = 404
+
+
+class Conflict(RequestError):
+    """The same Idempotency-Key or job id with another body; cancelling a finished job."""
+
+    code = "Conflict"
+    http = 409
+
+
+class TooLarge(RequestError):
+    """A request over a platform limit (bundle size, sweep points)."""
+
+    code = "TooLarge"
+    http = 413
+
+
+class Unavailable(RequestError):
+    """A backing service (Temporal, the object store) did not answer; try again."""
+
+    code = "Unavailable"
+    retryable = True
+    http = 503
+
+
 class StackError(TickreplayError, RuntimeError):
     """A part of the stack could not be started; ``part`` names it (or ``stack`` for the whole)."""
 

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     db_dsn: str | None = Field(
         None, description="Metadata database (SQLAlchemy URL), e.g. "
                           "postgresql+psycopg://user@host/db (default: SQLite home/tickreplay.db)")
+    max_running_per_user: int = Field(
+        20, ge=1, description="RUNNING jobs one user may have at once (more wait PENDING)")
+    max_running_jobs: int = Field(
+        200, ge=1, description="RUNNING jobs of all users together (more wait PENDING)")
+    api_url: str | None = Field(
+        None, description="The job API (REST) the CLI talks to, e.g. http://127.0.0.1:8000; "
+                          "written into stack.env by `tickreplay up`")
+    api_token: str | None = Field(None, description="Bearer token the CLI sends to the API")
     runner_sandbox: str = Field(
         "auto", description="Runner isolation: 'bwrap' (bubblewrap), 'process' (none), or 'auto' "
                             "(bwrap when installed)")

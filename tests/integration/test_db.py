@@ -19,7 +19,7 @@ from tickreplay.db.models import Base
 from tickreplay.db.store import MetaStore, StoreError, hash_token, open_engine
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-TABLES = {"users", "api_tokens", "jobs", "job_events"}
+TABLES = {"users", "api_tokens", "jobs", "job_events", "sweeps"}
 
 
 def _pg_available() -> bool:
@@ -68,10 +68,15 @@ def test_migrations_go_up_and_down_and_match_the_models(engine: Engine) -> None:
     assert current(engine) is None and _tables(engine) == set()
     upgrade(engine)
     upgrade(engine)  # idempotent at head
-    assert current(engine) == "0001" and _tables(engine) == TABLES
+    assert current(engine) == "0002" and _tables(engine) == TABLES
     insp = inspect(engine)
     for table in Base.metadata.sorted_tables:  # the ORM mirrors what the migration made
         assert {c["name"] for c in insp.get_columns(table.name)} == set(table.columns.keys())
+    downgrade(engine, "0001")  # one step down and up again: 0002 is reversible on its own
+    assert current(engine) == "0001" and _tables(engine) == TABLES - {"sweeps"}
+    assert "idempotency_key" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    upgrade(engine)
+    assert current(engine) == "0002"
     downgrade(engine, "base")
     assert current(engine) is None and _tables(engine) == set()
 

@@ -46,20 +46,10 @@ def load_settings() -> Any:
 
 
 def missing_symbols(store: Any, symbols: list[str], start: dt.date, end: dt.date) -> list[str]:
-    """The symbols that have no partition dated within ``[start, end]`` in the catalog.
+    """The symbols without a partition in ``[start, end]`` (see :func:`data.catalog.missing_symbols`)."""
+    from tickreplay.data.catalog import missing_symbols as missing
 
-    Why a listing per symbol rather than ``plan_data``: planning hashes every partition, and a
-    typo in ``--symbols`` should be reported at once, before any data is read.
-    """
-    from tickreplay.data.schema import parse_partition_key
-
-    lo, hi = start.isoformat(), end.isoformat()
-    missing = []
-    for sym in dict.fromkeys(symbols):
-        keys = (parse_partition_key(o.key) for o in store.list(f"ticks/symbol={sym}/"))
-        if not any(k and k[0] == sym and lo <= k[1] <= hi for k in keys):
-            missing.append(sym)
-    return missing
+    return missing(store, symbols, start, end)
 
 
 def check_symbols(data_url: str, symbols: list[str], start: dt.date, end: dt.date,

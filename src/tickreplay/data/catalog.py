@@ -136,6 +136,24 @@ def plan_data(
     return DataPlan(store.url, tuple(syms), lo, hi, tuple(parts), fingerprint(parts))
 
 
+def missing_symbols(store: ObjectStore, symbols: list[str], start: dt.date, end: dt.date
+                    ) -> list[str]:
+    """The symbols that have no partition dated within ``[start, end]`` in the catalog.
+
+    Why a listing per symbol rather than ``plan_data``: planning hashes every partition, and a
+    typo in a symbol should be reported at once (CLI, job API), before any data is read.
+    """
+    from tickreplay.data.schema import parse_partition_key
+
+    lo, hi = start.isoformat(), end.isoformat()
+    missing = []
+    for sym in dict.fromkeys(symbols):
+        keys = (parse_partition_key(o.key) for o in store.list(f"ticks/symbol={sym}/"))
+        if not any(k and k[0] == sym and lo <= k[1] <= hi for k in keys):
+            missing.append(sym)
+    return missing
+
+
 def _as_date(value: dt.date | str) -> dt.date:
     if isinstance(value, dt.datetime):
         raise TypeError(f"expected a date, got the datetime {value!r}")

@@ -31,6 +31,8 @@ class User(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # RUNNING jobs this user may have at once; None: the platform's default.
+    max_running: Mapped[int | None] = mapped_column(Integer)
 
 
 class ApiToken(Base):
@@ -48,7 +50,9 @@ class ApiToken(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_user_submitted", "user_id", "submitted_at", "job_id"),
-                      Index("ix_jobs_status", "status"))
+                      Index("ix_jobs_status", "status"),
+                      Index("ux_jobs_user_idempotency", "user_id", "idempotency_key", unique=True),
+                      Index("ix_jobs_sweep", "sweep_id"))
 
     job_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
@@ -68,6 +72,25 @@ class Job(Base):
     result_hash: Mapped[str] = mapped_column(String(64), default="")
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str] = mapped_column(Text, default="")
+    # Idempotency-Key of the submission and sha256 of its body: same key, same body -> same job.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_sha256: Mapped[str] = mapped_column(String(64), default="")
+    sweep_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class Sweep(Base):
+    """A parameter grid submitted as one request; its points are jobs with this ``sweep_id``."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_user", "user_id", "submitted_at"),)
+
+    sweep_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    submitted_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class JobEvent(Base):

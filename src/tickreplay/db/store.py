@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, tuple_
+from sqlalchemy import Engine, create_engine, event, func, select, text, tuple_, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tickreplay.db.models import (
@@ -27,6 +27,7 @@ from tickreplay.db.models import (
     ApiToken,
     Job,
     JobEvent,
+    Sweep,
     User,
 )
 from tickreplay.errors import StoreError
@@ -138,18 +139,92 @@ class MetaStore:
 
     # ------------------------------------------------------------------------------ jobs
     def create_job(self, user: UserInfo, job_id: str, spec: dict[str, Any],
-                   strategy_digest: str, data_fingerprint: str = "") -> bool:
-        """Record a submitted job as PENDING; False if ``job_id`` already exists."""
+                   strategy_digest: str, data_fingerprint: str = "", *,
+                   idempotency_key: str | None = None, request_sha256: str = "",
+                   sweep_id: str | None = None) -> bool:
+        """Record a submitted job as PENDING; False if ``job_id`` already exists.
+
+        Raises:
+            StoreError: ``idempotency_key`` is already used by another job of this user
+                (a concurrent submission won: look it up with :meth:`by_idempotency_key`).
+        """
+        from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+        try:
+            with self._tx() as s:
+                if s.get(Job, job_id) is not None:
+                    return False
+                s.add(self._new_job(user, job_id, spec, strategy_digest, data_fingerprint,
+                                    idempotency_key, request_sha256, sweep_id))
+                return True
+        except DbIntegrityError:
+            with self._tx() as s:
+                if s.get(Job, job_id) is not None:
+                    return False  # the same id was inserted concurrently
+            raise StoreError(f"idempotency key {idempotency_key!r} is taken") from None
+
+    @staticmethod
+    def _new_job(user: UserInfo, job_id: str, spec: dict[str, Any], strategy_digest: str,
+                 data_fingerprint: str, idempotency_key: str | None, request_sha256: str,
+                 sweep_id: str | None) -> Job:
+        return Job(job_id=job_id, user_id=user.id, status=PENDING,
+                   strategy_digest=strategy_digest, data_fingerprint=data_fingerprint,
+                   spec=spec, params=dict(spec.get("params") or {}),
+                   symbols=list(spec["symbols"]),
+                   start_date=dt.date.fromisoformat(str(spec["start"])),
+                   end_date=dt.date.fromisoformat(str(spec["end"])), submitted_at=_now(),
+                   idempotency_key=idempotency_key, request_sha256=request_sha256,
+                   sweep_id=sweep_id)
+
+    def by_idempotency_key(self, user: UserInfo, key: str) -> dict[str, Any] | None:
+        """The job this user submitted under ``key`` (with its ``request_sha256``), if any."""
         with self._tx() as s:
-            if s.get(Job, job_id) is not None:
-                return False
-            s.add(Job(job_id=job_id, user_id=user.id, status=PENDING,
-                      strategy_digest=strategy_digest, data_fingerprint=data_fingerprint,
-                      spec=spec, params=dict(spec.get("params") or {}),
-                      symbols=list(spec["symbols"]),
-                      start_date=dt.date.fromisoformat(str(spec["start"])),
-                      end_date=dt.date.fromisoformat(str(spec["end"])), submitted_at=_now()))
-            return True
+            job = s.scalar(select(Job).where(Job.user_id == user.id,
+                                             Job.idempotency_key == key))
+            return None if job is None else {**_as_dict(job, user.name),
+                                             "request_sha256": job.request_sha256}
+
+    def admit(self, job_id: str, *, per_user: int, global_cap: int) -> str:
+        """Move a PENDING job to RUNNING if a slot is free; the job's status afterwards.
+
+        A job is admitted when its user has fewer RUNNING jobs than their limit (the user's
+        own ``max_running``, else ``per_user``), the platform fewer than ``global_cap``, and no
+        earlier PENDING job of the same user waits (so a user's jobs start in submission
+        order). The check and the move are one transaction that holds the database's write
+        lock (SQLite: the first statement writes; PostgreSQL: an advisory lock), so two
+        workers admitting at once can never overshoot a limit.
+        """
+        with self._tx() as s:
+            if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
+                s.execute(text("select pg_advisory_xact_lock(7411)"))
+            else:  # take SQLite's write lock before reading anything
+                s.execute(update(Job).where(Job.job_id == job_id).values(status=Job.status))
+            job = s.get(Job, job_id)
+            if job is None:
+                raise StoreError(f"no job {job_id!r}")
+            if job.status != PENDING:
+                return job.status
+            limit = s.scalar(select(User.max_running).where(User.id == job.user_id))
+            mine = s.scalar(select(func.count()).select_from(Job).where(
+                Job.user_id == job.user_id, Job.status == RUNNING)) or 0
+            total = s.scalar(select(func.count()).select_from(Job).where(
+                Job.status == RUNNING)) or 0
+            earlier = s.scalar(select(func.count()).select_from(Job).where(
+                Job.user_id == job.user_id, Job.status == PENDING,
+                tuple_(Job.submitted_at, Job.job_id) < tuple_(job.submitted_at, job.job_id))) or 0
+            if mine >= (limit if limit is not None else per_user) or total >= global_cap \
+                    or earlier:
+                return PENDING
+            job.status = RUNNING
+            job.started_at = _now()
+            return RUNNING
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs by ``(user name, status)`` (for metrics and the load report)."""
+        with self._tx() as s:
+            rows = s.execute(select(User.name, Job.status, func.count()).join(
+                User, User.id == Job.user_id).group_by(User.name, Job.status))
+            return {(name, status): n for name, status, n in rows}
 
     def set_status(self, job_id: str, status: str, **fields: Any) -> bool:
         """Move a job to ``status`` (and set result fields); False if it already was there.
@@ -185,7 +260,7 @@ class MetaStore:
             job = s.get(Job, job_id)
             if job is None or not (viewer.is_admin or job.user_id == viewer.id):
                 return None
-            return _as_dict(job)
+            return _as_dict(job, s.scalar(select(User.name).where(User.id == job.user_id)))
 
     def jobs(self, viewer: UserInfo, *, status: str | None = None, limit: int = 50,
              after: tuple[dt.datetime, str] | None = None) -> list[dict[str, Any]]:
@@ -194,7 +269,8 @@ class MetaStore:
         The cursor is ``(submitted_at, job_id)`` of the last job of the previous page: stable
         under concurrent submissions, unlike an offset.
         """
-        q = select(Job).order_by(Job.submitted_at, Job.job_id).limit(limit)
+        q = select(Job, User.name).join(User, User.id == Job.user_id).order_by(
+            Job.submitted_at, Job.job_id).limit(limit)
         if not viewer.is_admin:
             q = q.where(Job.user_id == viewer.id)
         if status is not None:
@@ -202,7 +278,59 @@ class MetaStore:
         if after is not None:
             q = q.where(tuple_(Job.submitted_at, Job.job_id) > tuple_(*after))
         with self._tx() as s:
-            return [_as_dict(j) for j in s.scalars(q)]
+            return [_as_dict(j, name) for j, name in s.execute(q)]
+
+    def job_record(self, job_id: str) -> dict[str, Any] | None:
+        """The job as the platform sees it (no viewer check, with ``request_sha256``)."""
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                return None
+            return {**_as_dict(job, s.scalar(select(User.name).where(User.id == job.user_id))),
+                    "request_sha256": job.request_sha256}
+
+    def delete_unstarted_job(self, job_id: str) -> None:
+        """Remove a PENDING job whose workflow could not be started (nothing ran for it)."""
+        with self._tx() as s:
+            job = s.get(Job, job_id, with_for_update=True)
+            if job is not None and job.status == PENDING:
+                s.query(JobEvent).filter(JobEvent.job_id == job_id).delete()
+                s.delete(job)
+
+    # ---------------------------------------------------------------------------- sweeps
+    def create_sweep(self, user: UserInfo, sweep_id: str, spec: dict[str, Any],
+                     points: list[tuple[str, dict[str, Any]]], strategy_digest: str) -> None:
+        """Record a sweep and each of its points as a PENDING job (one transaction)."""
+        with self._tx() as s:
+            s.add(Sweep(sweep_id=sweep_id, user_id=user.id, status=PENDING, spec=spec,
+                        submitted_at=_now()))
+            for job_id, job_spec in points:
+                s.add(self._new_job(user, job_id, job_spec, strategy_digest, "", None, "",
+                                    sweep_id))
+
+    def sweep(self, sweep_id: str, viewer: UserInfo) -> dict[str, Any] | None:
+        """The sweep with its jobs, or None if it does not exist or is not the viewer's."""
+        with self._tx() as s:
+            sw = s.get(Sweep, sweep_id)
+            if sw is None or not (viewer.is_admin or sw.user_id == viewer.id):
+                return None
+            jobs = [{"job_id": j.job_id, "status": j.status, "params": j.params,
+                     "result_hash": j.result_hash, "metrics": j.metrics, "error": j.error}
+                    for j in s.scalars(select(Job).where(Job.sweep_id == sweep_id)
+                                       .order_by(Job.job_id))]
+            return {"sweep_id": sw.sweep_id, "status": sw.status, "spec": sw.spec,
+                    "submitted_at": sw.submitted_at, "finished_at": sw.finished_at,
+                    "result": sw.result, "jobs": jobs}
+
+    def finish_sweep(self, sweep_id: str, status: str, result: dict[str, Any]) -> None:
+        """Record a sweep's end (idempotent: a terminal sweep keeps its first result)."""
+        with self._tx() as s:
+            sw = s.get(Sweep, sweep_id, with_for_update=True)
+            if sw is None:
+                raise StoreError(f"no sweep {sweep_id!r}")
+            if sw.status in TERMINAL:
+                return
+            sw.status, sw.result, sw.finished_at = status, result, _now()
 
     def add_event(self, job_id: str, kind: str, **data: Any) -> None:
         with self._tx() as s:
@@ -214,5 +342,10 @@ class MetaStore:
                 select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
 
 
-def _as_dict(job: Job) -> dict[str, Any]:
-    return {c.key: getattr(job, c.key) for c in Job.__table__.columns if c.key != "user_id"}
+_PRIVATE = {"user_id", "request_sha256"}
+
+
+def _as_dict(job: Job, user: str | None) -> dict[str, Any]:
+    out = {c.key: getattr(job, c.key) for c in Job.__table__.columns if c.key not in _PRIVATE}
+    out["user"] = user
+    return out

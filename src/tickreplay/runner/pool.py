@@ -66,7 +66,13 @@ def sandbox_mode(settings: Settings) -> str:
 
 def runner_command(settings: Settings, workdir: Path, fd: int) -> list[str]:
     """The argv of a runner: the child module, wrapped in bubblewrap unless disabled."""
-    child = [sys.executable, "-m", "tickreplay.runner.child", "--fd", str(fd)]
+    return sandboxed(settings, workdir,
+                     [sys.executable, "-m", "tickreplay.runner.child", "--fd", str(fd)])
+
+
+def sandboxed(settings: Settings, workdir: Path, child: list[str]) -> list[str]:
+    """``child`` wrapped in bubblewrap (unless disabled): no network, the state dir hidden,
+    ``workdir`` the one writable place."""
     if sandbox_mode(settings) != "bwrap":
         return child
     home = settings.home.resolve()

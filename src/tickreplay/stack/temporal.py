@@ -120,6 +120,12 @@ class TemporalDevServer(ServerProcess):
             "--db-filename", str(state_dir / "temporal.sqlite"), "--log-level", "warn",
         ]
         cmd += ["--ui-port", str(ui_port)] if ui else ["--headless"]
+        # The job API's search attributes (user, status, strategy), so one user's backtests
+        # can be listed in the UI and CLI.
+        from tickreplay.workflows.search import REGISTER
+
+        for name, kind in REGISTER.items():
+            cmd += ["--search-attribute", f"{name}={kind}"]
         for key, value in {**TEMPORAL_DEV_DYNAMIC_CONFIG, **(dynamic_config or {})}.items():
             cmd += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
         process = cls._spawn(cmd, state_dir, die_with_parent=die_with_parent)

@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from tickreplay.activities.backtest import BacktestActivities
+from tickreplay.activities.jobs import JobRecordActivities
 from tickreplay.settings import Settings
 from tickreplay.workflows.backtest import BacktestWorkflow, SweepWorkflow
 
@@ -39,12 +40,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
     node = node_name(settings)
     node_queue = f"{settings.task_queue}-node-{node}"
     acts = BacktestActivities(settings, node_queue, node)
+    records = JobRecordActivities(settings)
     grace = timedelta(seconds=settings.shutdown_grace_s)
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         shared = Worker(client, task_queue=settings.task_queue,
                         workflows=[BacktestWorkflow, SweepWorkflow],
                         activities=[acts.resolve_strategy, acts.plan_data, acts.warm_cache,
-                                    acts.publish_results],
+                                    acts.publish_results, records.admit_job, records.record_job,
+                                    records.record_sweep],
                         activity_executor=pool, graceful_shutdown_timeout=grace,
                         max_concurrent_activities=8,
                         # Every activity's heartbeat timeout is 10 s: send within 2 s.

@@ -25,8 +25,10 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from tickreplay.errors import NodeUnhealthy, NoNodeCanRun, PlacementsExhausted, WorkerShutdown
+    from tickreplay.workflows import search
     from tickreplay.workflows.types import (
         NON_RETRYABLE,
+        AdmitInput,
         JobInput,
         JobResult,
         PlanInput,
@@ -34,12 +36,14 @@ with workflow.unsafe.imports_passed_through():
         Progress,
         PublishInput,
         PublishOutput,
+        RecordInput,
         ResolveInput,
         RunHeartbeat,
         RunInput,
         RunOutput,
         StrategyRef,
         SweepInput,
+        SweepRecordInput,
         SweepResult,
         WarmInput,
         WarmResult,
@@ -57,6 +61,15 @@ ACTIVITY_HEARTBEAT = timedelta(seconds=10)
 # (a lost node is re-placed at once on another node, from the last checkpoint; a retryable
 # error backs off by time). Server-side retries would go back to the dead node's own queue.
 RUN_RETRY = RetryPolicy(maximum_attempts=1)
+# Admission polls the metadata database for a free slot (the activity fails benignly while
+# the user is at their limit); a fixed 1 s interval, for as long as the job waits.
+ADMIT_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=1.0,
+                          maximum_attempts=0, non_retryable_error_types=NON_RETRYABLE)
+# Status writes to the metadata database are retried until they land: never lost, so the
+# database and Temporal agree even across worker kills and database outages.
+DB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                       maximum_interval=timedelta(seconds=30), maximum_attempts=0,
+                       non_retryable_error_types=NON_RETRYABLE)
 
 
 def _cause_message(err: BaseException) -> str:
@@ -80,24 +93,57 @@ class BacktestWorkflow:
 
     @workflow.run
     async def run(self, job: JobInput) -> JobResult:
-        self._status = "RUNNING"
         try:
-            return await self._run(job)
+            if job.tracked:
+                await self._admit(job)
+            self._status = "RUNNING"
+            result = await self._run(job)
         except (asyncio.CancelledError, CancelledError):
-            self._status = "CANCELLED"
+            await self._finish(job, "CANCELLED")
             raise
         except ActivityError as e:
             if isinstance(e.cause, CancelledError):  # the run was stopped by our cancel request
-                self._status = "CANCELLED"
+                await self._finish(job, "CANCELLED")
                 raise asyncio.CancelledError("cancelled by request") from e
-            self._status = "FAILED"
             self._error = _cause_message(e)
+            await self._finish(job, "FAILED")
             raise ApplicationError(f"backtest {job.job_id} failed: {self._error}",
                                    non_retryable=True) from e
         except ApplicationError as e:  # raised by this workflow (no node can run it)
-            self._status = "FAILED"
             self._error = str(e)
+            await self._finish(job, "FAILED")
             raise
+        await self._finish(job, "SUCCEEDED")
+        return result
+
+    async def _admit(self, job: JobInput) -> None:
+        """Wait PENDING until the metadata database admits the job (per-user and global
+        limits, the user's submission order); the admitting write makes it RUNNING there."""
+        self._status, self._stage = "PENDING", "queued"
+        status = await workflow.execute_activity(
+            "admit_job", AdmitInput(job.job_id), result_type=str,
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=ADMIT_RETRY)
+        if status != "RUNNING":
+            raise ApplicationError(f"job {job.job_id} is {status} in the job database; "
+                                   "not running it", non_retryable=True)
+        workflow.upsert_search_attributes([search.STATUS.value_set("RUNNING")])
+
+    async def _finish(self, job: JobInput, status: str) -> None:
+        """The job's end: the status query, and for tracked jobs its search attribute and
+        its row in the metadata database (written before the workflow closes)."""
+        self._status = status
+        if not job.tracked:
+            return
+        workflow.upsert_search_attributes([search.STATUS.value_set(status)])
+        res = self._result
+        record = RecordInput(job.job_id, status, error=self._error or "")
+        if res is not None and status == "SUCCEEDED":
+            record = RecordInput(job.job_id, status, result_hash=res.result_hash,
+                                 results_path=res.results_url,
+                                 data_fingerprint=res.data_fingerprint, metrics=res.metrics)
+        await workflow.execute_activity(
+            "record_job", record, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=DB_RETRY)
 
     async def _run(self, job: JobInput) -> JobResult:
         self._stage = "resolve_strategy"
@@ -266,13 +312,17 @@ class SweepWorkflow:
             spec = dict(sweep.base.spec)
             spec["params"] = {**spec.get("params", {}), **params}
             row: dict[str, Any] = {"job_id": job_id, "params": params}
+            base = sweep.base
+            attrs = (search.job_attributes(base.user, "PENDING", base.strategy_digest)
+                     if base.tracked else None)
             async with slots:
                 self._running += 1
                 try:
                     result = await workflow.execute_child_workflow(
-                        BacktestWorkflow.run, JobInput(job_id, spec, sweep.base.bundle,
-                                                       sweep.base.options),
-                        id=job_id)
+                        BacktestWorkflow.run, JobInput(job_id, spec, base.bundle, base.options,
+                                                       tracked=base.tracked, user=base.user,
+                                                       strategy_digest=base.strategy_digest),
+                        id=job_id, search_attributes=attrs)
                     row.update(status="SUCCEEDED", result_hash=result.result_hash,
                                value=result.metrics.get(sweep.metric), metrics=result.metrics)
                 except ChildWorkflowError as e:
@@ -289,6 +339,10 @@ class SweepWorkflow:
         ranked = ok + rest
         for rank, r in enumerate(ranked, 1):
             r["rank"] = rank
+        if sweep.base.tracked:
+            await workflow.execute_activity(
+                "record_sweep", SweepRecordInput(sweep.sweep_id, "SUCCEEDED", ranked),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
         return SweepResult(sweep.sweep_id, sweep.metric, ranked)
 
     @workflow.query(name="status")

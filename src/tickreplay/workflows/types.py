@@ -45,6 +45,37 @@ class JobInput:
     spec: dict[str, Any]
     bundle: dict[str, Any]
     options: JobOptions = field(default_factory=JobOptions)
+    # Submitted through the job API: a row in the metadata database whose status the
+    # workflow's activities keep (admission under the per-user limit first). Jobs started
+    # straight on Temporal (no API configured) are not tracked and start at once.
+    tracked: bool = False
+    user: str = ""
+    strategy_digest: str = ""  # the API's bundle digest (a search attribute of tracked jobs)
+
+
+@dataclass
+class AdmitInput:
+    job_id: str
+
+
+@dataclass
+class RecordInput:
+    """A job's status as the workflow has it, for the metadata database."""
+
+    job_id: str
+    status: str
+    error: str = ""
+    result_hash: str = ""
+    results_path: str = ""
+    data_fingerprint: str = ""
+    metrics: dict[str, Any] | None = None
+
+
+@dataclass
+class SweepRecordInput:
+    sweep_id: str
+    status: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

@@ -1,0 +1,525 @@
+"""What the job API does, whatever the transport: REST (:mod:`api.rest`) and gRPC
+(:mod:`api.grpc_server`) are thin adapters over :class:`JobService`.
+
+Flow of a submission: validate the body (pydantic) -> look up the Idempotency-Key -> load the
+strategy bundle by digest -> validate params in a sandboxed child (user code never runs in the
+API process) -> check the catalog has data for every symbol -> record the job PENDING in the
+metadata database -> start its workflow (id = job id, search attributes user/status/strategy).
+From there the workflow's activities own the job's status in the database: admission under
+the per-user and global limits makes it RUNNING, the end SUCCEEDED / FAILED / CANCELLED.
+
+Errors are :class:`tickreplay.errors.RequestError` subclasses carrying their HTTP status; every
+message names the field or object it is about.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from tickreplay.api.models import JobRequest, StrategyBundleIn, SweepRequest
+from tickreplay.db.models import PENDING, RUNNING, TERMINAL
+from tickreplay.db.store import MetaStore, UserInfo
+from tickreplay.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    StoreError,
+    StrategyError,
+    TickreplayError,
+    TooLarge,
+    Unavailable,
+)
+from tickreplay.settings import Settings
+
+log = logging.getLogger("tickreplay.api")
+
+MAX_BUNDLE_BYTES = 1_000_000
+MAX_SWEEP_POINTS = 1000
+# Result files a job exposes, by the name in the URL.
+ARTIFACTS = {"trades": "trades.parquet", "trades.csv": "trades.csv", "equity": "equity.parquet",
+             "metrics": "metrics.json", "logs": "logs.jsonl", "manifest": "manifest.json"}
+
+
+def encode_cursor(job: dict[str, Any]) -> str:
+    """An opaque cursor for the page after ``job``."""
+    raw = json.dumps([job["submitted_at"].isoformat(), job["job_id"]]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        when, job_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return dt.datetime.fromisoformat(when), str(job_id)
+    except (ValueError, TypeError) as e:
+        raise InvalidRequest(f"cursor: not a cursor of this API ({e})") from None
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """sha256 of a request body's canonical JSON (what "the same body" means)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class _Lru(OrderedDict[str, Any]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class JobService:
+    """The job API's operations for an authenticated user."""
+
+    def __init__(self, store: MetaStore, settings: Settings, temporal: Any = None) -> None:
+        self.store = store
+        self.settings = settings
+        self._temporal = temporal
+        self._connect_lock = asyncio.Lock()
+        self._bundles = _Lru(256)  # digest -> bundle dict (immutable: content-addressed)
+        self._checked = _Lru(4096)  # (digest, params) -> validated params
+        self._downloads: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------------ backends
+    async def temporal(self) -> Any:
+        """The Temporal client, connected on first use (the API starts before Temporal may)."""
+        if self._temporal is None:
+            async with self._connect_lock:
+                if self._temporal is None:
+                    from temporalio.client import Client
+
+                    try:
+                        self._temporal = await asyncio.wait_for(Client.connect(
+                            self.settings.temporal_address,
+                            namespace=self.settings.temporal_namespace), 10)
+                    except Exception as e:  # noqa: BLE001 - any failure: not reachable
+                        raise Unavailable(f"Temporal at {self.settings.temporal_address} is "
+                                          f"not reachable: {e}") from None
+        return self._temporal
+
+    def _artifacts(self) -> Any:
+        from tickreplay.data.objectstore import S3Store
+
+        return S3Store(self.settings.artifacts_bucket, settings=self.settings)
+
+    async def ready(self) -> dict[str, str]:
+        """``ok`` or the error, for each of the database, Temporal and the object store."""
+        from sqlalchemy import text
+
+        out: dict[str, str] = {}
+
+        def db() -> None:
+            with self.store.engine.connect() as conn:
+                conn.execute(text("select 1"))
+
+        async def temporal() -> None:
+            client = await self.temporal()
+            await asyncio.wait_for(client.service_client.check_health(), 5)
+
+        def s3() -> None:
+            self._artifacts().client.head_bucket(Bucket=self.settings.artifacts_bucket)
+
+        checks = {"db": asyncio.to_thread(db), "temporal": temporal(), "s3": asyncio.to_thread(s3)}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check, 8)
+                out[name] = "ok"
+            except Exception as e:  # noqa: BLE001 - any failure means not ready
+                out[name] = f"{type(e).__name__}: {e}"[:200]
+        return out
+
+    # ---------------------------------------------------------------------- strategies
+    async def upload_strategy(self, user: UserInfo, body: StrategyBundleIn) -> dict[str, Any]:
+        """Store a bundle content-addressed (after loading it in the sandbox) -> its digest."""
+        from tickreplay.strategy.loader import StrategyBundle, bundle_digest
+
+        if sum(len(t.encode()) for t in body.files.values()) > MAX_BUNDLE_BYTES:
+            raise TooLarge(f"files: the bundle is over {MAX_BUNDLE_BYTES} bytes")
+        bundle = StrategyBundle(body.files, body.entry, body.class_name, bundle_digest(body.files))
+        raw = bundle.to_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        as_dict = {"files": bundle.files, "entry": bundle.entry, "class": bundle.class_name}
+        info = await self._inspect(digest, as_dict, {})
+        store = self._artifacts()
+
+        def put() -> None:
+            from tickreplay.data.objectstore import ObjectExistsError
+
+            try:
+                store.put_bytes(f"strategies/{digest}.json", raw, if_none_match=True)
+            except ObjectExistsError:
+                pass  # same address, same bytes
+
+        await self._s3(put, "store the strategy")
+        self._bundles.put(digest, as_dict)
+        return {"digest": digest, "source_digest": bundle.digest, "entry": bundle.entry,
+                "class": info.get("class") or bundle.class_name,
+                "params_schema": info.get("schema", {})}
+
+    async def _bundle(self, digest: str) -> dict[str, Any]:
+        if digest in self._bundles:
+            return dict(self._bundles[digest])
+        store = self._artifacts()
+        key = f"strategies/{digest}.json"
+
+        def get() -> bytes | None:
+            return store.get_bytes(key) if store.head(key) is not None else None
+
+        raw = await self._s3(get, "read the strategy")
+        if raw is None or hashlib.sha256(raw).hexdigest() != digest:
+            raise InvalidRequest(f"strategy: no strategy with digest {digest} "
+                                 "(upload it with POST /v1/strategies)")
+        bundle = json.loads(raw)
+        self._bundles.put(digest, bundle)
+        return dict(bundle)
+
+    async def _inspect(self, digest: str, bundle: dict[str, Any],
+                       params: dict[str, Any]) -> dict[str, Any]:
+        from tickreplay.runner.inspect import inspect_strategy
+
+        try:
+            return await asyncio.to_thread(inspect_strategy, self.settings, bundle, params)
+        except TickreplayError as e:
+            raise InvalidRequest(f"strategy: {e}") from None
+
+    async def _params(self, digest: str, bundle: dict[str, Any],
+                      params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` validated against the strategy's Params, with defaults filled in."""
+        key = digest + json.dumps(params, sort_keys=True, default=str)
+        if key not in self._checked:
+            from tickreplay.runner.inspect import inspect_strategy
+
+            try:
+                info = await asyncio.to_thread(inspect_strategy, self.settings, bundle, params)
+            except StrategyError as e:
+                raise InvalidRequest(f"params: {e}") from None
+            except TickreplayError as e:
+                raise InvalidRequest(f"strategy: {e}") from None
+            self._checked.put(key, info["params"])
+        return dict(self._checked[key])
+
+    async def _s3(self, fn: Any, what: str) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except TickreplayError:
+            raise
+        except Exception as e:  # noqa: BLE001 - botocore raises many types; all mean this
+            raise Unavailable(f"object store: could not {what}: {type(e).__name__}: {e}"
+                              ) from None
+
+    # ---------------------------------------------------------------------- submission
+    async def _spec(self, req: JobRequest, bundle: dict[str, Any], params: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """The validated BacktestSpec (JSON form) of a request, after the catalog check."""
+        from tickreplay.data.catalog import missing_symbols
+        from tickreplay.data.objectstore import open_store
+        from tickreplay.engine.config import RunConfig
+        from tickreplay.spec import BacktestSpec
+
+        data_url = f"s3://{self.settings.data_bucket}"
+        entry = bundle["entry"] + (f":{bundle['class']}" if bundle.get("class") else "")
+        try:
+            config = RunConfig(initial_cash=req.initial_cash,
+                               latency_ns=round(req.latency_ms * 1_000_000),
+                               slippage_bps=req.slippage_bps, commission=req.commission,
+                               seed=req.seed, mode=req.mode)
+            spec = BacktestSpec.parse({"strategy": entry, "data_url": data_url,
+                                       "symbols": req.symbols, "start": req.start_date,
+                                       "end": req.end_date, "params": params, "config": config})
+        except (TickreplayError, ValueError) as e:
+            raise InvalidRequest(str(e).replace("field 'start'", "field 'start_date'")
+                                 .replace("field 'end'", "field 'end_date'")) from None
+        store = open_store(data_url, self.settings)
+        missing = await self._s3(lambda: missing_symbols(store, list(spec.symbols), spec.start,
+                                                          spec.end), "list the catalog")
+        span = f"between {spec.start} and {spec.end}"
+        if missing and (len(missing) == len(spec.symbols) or not req.allow_missing):
+            raise InvalidRequest(f"symbols: no data for {','.join(missing)} {span}")
+        if missing:
+            spec = spec.model_copy(update={"symbols": tuple(s for s in spec.symbols
+                                                            if s not in missing)})
+        return spec.model_dump(mode="json")
+
+    async def submit(self, user: UserInfo, req: JobRequest, idempotency_key: str | None
+                     ) -> tuple[dict[str, Any], bool]:
+        """Record and start a backtest; ``(job, created)``.
+
+        The same Idempotency-Key (or job id) with the same body returns the job already made;
+        with another body it is a :class:`Conflict`.
+        """
+        digest = request_digest(req.model_dump(mode="json"))
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= 200:
+                raise InvalidRequest("Idempotency-Key: 1 to 200 characters")
+            existing = await asyncio.to_thread(self.store.by_idempotency_key, user,
+                                               idempotency_key)
+            if existing is not None:
+                return await self._same(user, existing, digest, "Idempotency-Key"), False
+        bundle = await self._bundle(req.strategy)
+        params = await self._params(req.strategy, bundle, req.params)
+        spec = await self._spec(req, bundle, params)
+        job_id = req.job_id or new_id("bt")
+        try:
+            created = await asyncio.to_thread(
+                self.store.create_job, user, job_id, spec, req.strategy,
+                idempotency_key=idempotency_key, request_sha256=digest)
+        except StoreError:  # the same key won a race a moment ago
+            existing = await asyncio.to_thread(self.store.by_idempotency_key, user,
+                                               idempotency_key or "")
+            if existing is None:
+                raise
+            return await self._same(user, existing, digest, "Idempotency-Key"), False
+        if not created:
+            theirs = await asyncio.to_thread(self.store.job_record, job_id)
+            if theirs is None or theirs["user"] != user.name:
+                raise Conflict(f"job_id: {job_id!r} is taken")
+            if theirs["request_sha256"] != digest:
+                raise Conflict(f"job_id: job {job_id} exists with a different body")
+            theirs.pop("request_sha256")
+            return theirs, False
+        await self._start(user, job_id, spec, bundle, req)
+        job = await asyncio.to_thread(self.store.job, job_id, user)
+        assert job is not None
+        return job, True
+
+    async def _same(self, user: UserInfo, existing: dict[str, Any], digest: str,
+                    what: str) -> dict[str, Any]:
+        if existing["request_sha256"] != digest:
+            raise Conflict(f"{what}: already used for job {existing['job_id']} with a "
+                           "different body")
+        return existing
+
+    def _job_input(self, user: UserInfo, job_id: str, spec: dict[str, Any],
+                   bundle: dict[str, Any], req: JobRequest) -> Any:
+        from tickreplay.workflows.types import JobInput, JobOptions
+
+        return JobInput(job_id, spec, bundle, JobOptions(checkpoint_every_s=req.checkpoint_every_s),
+                        tracked=True, user=user.name, strategy_digest=req.strategy)
+
+    async def _start(self, user: UserInfo, job_id: str, spec: dict[str, Any],
+                     bundle: dict[str, Any], req: JobRequest) -> None:
+        """Start the job's workflow; if Temporal refuses, the PENDING row is removed again
+        (the caller gets 503 and may retry: nothing half-made stays behind)."""
+        from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+        from tickreplay.jobs.operations import INPUT_DIGEST_MEMO, input_digest
+        from tickreplay.workflows.search import job_attributes
+        from tickreplay.workflows.types import JobResult
+
+        job = self._job_input(user, job_id, spec, bundle, req)
+        try:
+            client = await self.temporal()
+            await client.start_workflow(
+                "BacktestWorkflow", job, id=job_id, task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                memo={INPUT_DIGEST_MEMO: input_digest(job)}, result_type=JobResult,
+                search_attributes=job_attributes(user.name, PENDING, req.strategy))
+        except Exception as e:
+            await asyncio.to_thread(self.store.delete_unstarted_job, job_id)
+            if isinstance(e, TickreplayError):
+                raise
+            raise Unavailable(f"could not start the job's workflow: {e}") from None
+
+    # ------------------------------------------------------------------------- reading
+    async def get(self, user: UserInfo, job_id: str, *, live: bool = True) -> dict[str, Any]:
+        """The job, with live progress from its workflow while it is pending or running."""
+        job = await asyncio.to_thread(self.store.job, job_id, user)
+        if job is None:
+            raise NotFound(f"job_id: no job {job_id!r}")
+        job["progress"] = {}
+        job["links"] = {name: f"/v1/jobs/{job_id}/{name}" for name in
+                        ("trades", "equity", "metrics", "logs", "manifest")}
+        if live and job["status"] in (PENDING, RUNNING):
+            try:
+                from tickreplay.jobs.operations import status
+
+                st = await asyncio.wait_for(status(await self.temporal(), job_id), 5)
+            except Exception:  # noqa: BLE001 - progress is best effort; the row stands
+                st = {}
+            job["stage"] = st.get("stage")
+            sim_ts = st.get("sim_ts") or 0
+            job["progress"] = {
+                "ticks_done": st.get("ticks_done", 0), "ticks_total": st.get("ticks_total", 0),
+                "sim_time": dt.datetime.fromtimestamp(sim_ts / 1e9, tz=dt.UTC).isoformat()
+                if sim_ts else None}
+        elif job["status"] == "SUCCEEDED":
+            ticks = (job.get("metrics") or {}).get("ticks")
+            job["progress"] = {"ticks_done": ticks, "ticks_total": ticks}
+        return job
+
+    async def list(self, user: UserInfo, status: str | None, limit: int,
+                   cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        from tickreplay.db.models import STATUSES
+
+        if status is not None and status not in STATUSES:
+            raise InvalidRequest(f"status: must be one of {', '.join(STATUSES)}")
+        if not 1 <= limit <= 500:
+            raise InvalidRequest("limit: must be between 1 and 500")
+        after = decode_cursor(cursor) if cursor else None
+        jobs = await asyncio.to_thread(self.store.jobs, user, status=status, limit=limit,
+                                       after=after)
+        for j in jobs:
+            j["progress"], j["links"] = {}, {}
+        return jobs, encode_cursor(jobs[-1]) if len(jobs) == limit else None
+
+    async def cancel(self, user: UserInfo, job_id: str) -> dict[str, Any]:
+        """Ask the job's workflow to cancel (its runner is stopped; it ends CANCELLED)."""
+        from temporalio.service import RPCError, RPCStatusCode
+
+        job = await asyncio.to_thread(self.store.job, job_id, user)
+        if job is None:
+            raise NotFound(f"job_id: no job {job_id!r}")
+        if job["status"] in TERMINAL:
+            raise Conflict(f"job {job_id} has already finished ({job['status']})")
+        client = await self.temporal()
+        try:
+            await client.get_workflow_handle(job_id).cancel()
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:
+                raise Unavailable(f"could not cancel {job_id}: {e}") from None
+            await asyncio.to_thread(self.store.set_status, job_id, "CANCELLED",
+                                    error="cancelled before its workflow started")
+        return {"job_id": job_id, "status": "CANCELLING"}
+
+    async def artifact(self, user: UserInfo, job_id: str, name: str) -> Path:
+        """A verified local copy of one result file of a SUCCEEDED job."""
+        if name not in ARTIFACTS:
+            raise NotFound(f"no result file {name!r}; one of {', '.join(ARTIFACTS)}")
+        job = await asyncio.to_thread(self.store.job, job_id, user)
+        if job is None:
+            raise NotFound(f"job_id: no job {job_id!r}")
+        if job["status"] != "SUCCEEDED":
+            raise Conflict(f"job {job_id} is {job['status']}: results exist once it SUCCEEDED")
+        local = self.settings.home / "api-results" / job_id
+        lock = self._downloads.setdefault(job_id, asyncio.Lock())
+        async with lock:
+            if not (local / "manifest.json").is_file():
+                await self._s3(lambda: self._download(job_id, local), "read the results")
+        return local / ARTIFACTS[name]
+
+    def _download(self, job_id: str, local: Path) -> None:
+        """Download and verify (signature, file list, hashes) into ``local``, atomically."""
+        from tickreplay.jobs.operations import download_results
+
+        tmp = local.with_name(f".{job_id}-{uuid.uuid4().hex[:8]}")
+        try:
+            download_results(self.settings, job_id, tmp)
+            tmp.rename(local)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    async def logs(self, user: UserInfo, job_id: str) -> dict[str, Any]:
+        """Events, the error with its traceback, and the strategy's log records."""
+        from tickreplay.jobs.operations import job_logs
+
+        job = await asyncio.to_thread(self.store.job, job_id, user)
+        if job is None:
+            raise NotFound(f"job_id: no job {job_id!r}")
+        logs = await self._s3(lambda: job_logs(self.settings, job_id), "read the logs")
+        logs["db_events"] = await asyncio.to_thread(self.store.events, job_id)
+        return dict(logs)
+
+    async def watch(self, user: UserInfo, job_id: str, interval: float = 0.5
+                    ) -> AsyncIterator[dict[str, Any]]:
+        """The job each time its status or progress changes, until it has ended."""
+        last: Any = None
+        while True:
+            job = await self.get(user, job_id)
+            seen = (job["status"], job.get("stage"), json.dumps(job["progress"], default=str))
+            if seen != last:
+                last = seen
+                yield job
+            if job["status"] in TERMINAL:
+                return
+            await asyncio.sleep(interval)
+
+    # -------------------------------------------------------------------------- sweeps
+    async def submit_sweep(self, user: UserInfo, req: SweepRequest) -> dict[str, Any]:
+        """Record every grid point as a PENDING job and start the SweepWorkflow."""
+        import itertools
+
+        from tickreplay.runner.inspect import validate_many
+
+        keys = sorted(req.grid)
+        if any(not req.grid[k] for k in keys):
+            raise InvalidRequest("grid: every axis needs at least one value")
+        points = [dict(zip(keys, values)) for values in
+                  itertools.product(*(req.grid[k] for k in keys))]
+        if len(points) > MAX_SWEEP_POINTS:
+            raise TooLarge(f"grid: {len(points)} points; at most {MAX_SWEEP_POINTS}")
+        bundle = await self._bundle(req.strategy)
+        base_params = await self._params(req.strategy, bundle, req.params)
+        checked = await asyncio.to_thread(validate_many, self.settings, bundle,
+                                          [{**base_params, **p} for p in points])
+        for point, result in zip(points, checked):
+            if isinstance(result, str):
+                raise InvalidRequest(f"grid: {point}: {result}")
+        spec = await self._spec(req, bundle, base_params)
+        typed = {k: [] for k in keys}  # type: dict[str, list[Any]]
+        for result in checked:
+            assert isinstance(result, dict)
+            for k in keys:
+                if result[k] not in typed[k]:
+                    typed[k].append(result[k])
+        sweep_id = new_id("sweep")
+        # The workflow names its children f"{sweep_id}-p{i:03d}" over the same product order.
+        order = [dict(zip(keys, values)) for values in itertools.product(*(typed[k] for k in keys))]
+        jobs = [(f"{sweep_id}-p{i:03d}", {**spec, "params": {**base_params, **p}})
+                for i, p in enumerate(order)]
+        await asyncio.to_thread(self.store.create_sweep, user, sweep_id,
+                                req.model_dump(mode="json"), jobs, req.strategy)
+        await self._start_sweep(user, sweep_id, spec, bundle, req, typed, [j for j, _ in jobs])
+        return {"sweep_id": sweep_id, "jobs": [j for j, _ in jobs]}
+
+    async def _start_sweep(self, user: UserInfo, sweep_id: str, spec: dict[str, Any],
+                           bundle: dict[str, Any], req: SweepRequest,
+                           grid: dict[str, list[Any]], job_ids: list[str]) -> None:
+        from temporalio.common import WorkflowIDConflictPolicy
+
+        from tickreplay.workflows.search import job_attributes
+        from tickreplay.workflows.types import SweepInput, SweepResult
+
+        sweep = SweepInput(sweep_id, self._job_input(user, sweep_id, spec, bundle, req), grid,
+                           req.max_concurrent, req.metric, not req.minimize)
+        client = await self.temporal()
+        try:
+            await client.start_workflow(
+                "SweepWorkflow", sweep, id=sweep_id, task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                result_type=SweepResult,
+                search_attributes=job_attributes(user.name, PENDING, req.strategy))
+        except Exception as e:  # noqa: BLE001 - the rows say what was asked; mark them failed
+            for job_id in job_ids:
+                await asyncio.to_thread(self.store.set_status, job_id, "FAILED",
+                                        error=f"the sweep could not start: {e}")
+            await asyncio.to_thread(self.store.finish_sweep, sweep_id, "FAILED", {})
+            raise Unavailable(f"could not start the sweep's workflow: {e}") from None
+
+    async def sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:
+        sw = await asyncio.to_thread(self.store.sweep, sweep_id, user)
+        if sw is None:
+            raise NotFound(f"sweep_id: no sweep {sweep_id!r}")
+        if sw["status"] not in TERMINAL and any(j["status"] != PENDING for j in sw["jobs"]):
+            sw["status"] = RUNNING
+        return sw
+
