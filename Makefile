@@ -48,6 +48,13 @@ openapi: setup
 	print(json.dumps(create_app(MetaStore(create_engine('sqlite://'))).openapi(), indent=2, sort_keys=True))" \
 	  > docs/openapi.json
 
+# The gRPC job API's code, generated from protos/ into src/tickreplay/v1 and committed
+# (tests/unit/test_proto_codegen.py fails when it is stale). grpcio-tools is pinned in pyproject.
+.PHONY: proto
+proto: setup
+	$(PY) -m grpc_tools.protoc -I protos --python_out=src --pyi_out=src --grpc_python_out=src \
+	  protos/tickreplay/v1/jobs.proto
+
 demo: setup
 	$(PY) -m tickreplay.cli.demo
 

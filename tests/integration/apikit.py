@@ -74,11 +74,11 @@ class ApiStack:
             time.sleep(0.3)
 
 
-def stack_settings(s3_server: Settings, temporal_address: str, tmp: Path, **over: Any
-                   ) -> Settings:
+def stack_settings(s3_server: Settings, temporal_address: str, tmp: Path, *,
+                   ticks_per_day: int = 3000, **over: Any) -> Settings:
     """Isolated settings with sample data and a SQLite metadata database of their own."""
     s = isolated_settings(s3_server, temporal_address, tmp / "cache", SYMBOLS, START, END,
-                          3000, seed=5)
+                          ticks_per_day, seed=5)
     return s.model_copy(update={"home": tmp / "home", "db_dsn": f"sqlite:///{tmp / 'meta.db'}",
                                 **over})
 

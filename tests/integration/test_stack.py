@@ -28,10 +28,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 def _ports() -> dict[str, int]:
     ports: set[int] = set()
-    while len(ports) < 3:
+    while len(ports) < 5:
         ports.add(free_port())
-    temporal, ui, s3 = sorted(ports)
-    return {"temporal_port": temporal, "ui_port": ui, "s3_port": s3}
+    temporal, ui, s3, api, grpc = sorted(ports)
+    return {"temporal_port": temporal, "ui_port": ui, "s3_port": s3, "api_port": api,
+            "grpc_port": grpc}
 
 
 def _running(pid: int) -> bool:
@@ -82,7 +83,8 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
     runner = CliRunner()
     ports = _ports()
     args = ["--state-dir", str(state_dir), "--temporal-port", str(ports["temporal_port"]),
-            "--ui-port", str(ports["ui_port"]), "--s3-port", str(ports["s3_port"])]
+            "--ui-port", str(ports["ui_port"]), "--s3-port", str(ports["s3_port"]),
+            "--api-port", str(ports["api_port"]), "--grpc-port", str(ports["grpc_port"])]
 
     first = runner.invoke(app, ["up", *args, "--workers", "0"])
     assert first.exit_code == 0, first.output
@@ -90,16 +92,18 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
     from tickreplay.db.migrate import current
     from tickreplay.db.store import open_engine
 
-    assert current(open_engine(f"sqlite:///{state_dir / 'tickreplay.db'}")) == "0001"
+    assert current(open_engine(f"sqlite:///{state_dir / 'tickreplay.db'}")) == "0002"
     assert f"http://127.0.0.1:{ports['ui_port']}" in first.output
     assert f"http://127.0.0.1:{ports['s3_port']}" in first.output
 
     ps = runner.invoke(app, ["ps", "--state-dir", str(state_dir), "--json"])
     assert ps.exit_code == 0, ps.output
     parts = {p["name"]: p for p in json.loads(ps.output)["parts"]}
-    assert sorted(parts) == ["seaweedfs", "temporal"]
+    assert sorted(parts) == ["api", "seaweedfs", "temporal"]
     assert all(p["alive"] for p in parts.values())
     assert parts["temporal"]["endpoint"] == f"127.0.0.1:{ports['temporal_port']}"
+    api_url = f"http://127.0.0.1:{ports['api_port']}"
+    assert parts["api"]["endpoint"] == api_url and api_url in first.output
 
     # Both answer, with the buckets made and the settings file other commands read.
     assert _namespace_answers(parts["temporal"]["endpoint"]) == "default"
@@ -113,6 +117,14 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
     assert env["TICKREPLAY_TEMPORAL_ADDRESS"] == f"127.0.0.1:{ports['temporal_port']}"
     assert env["TICKREPLAY_S3_ENDPOINT"] == f"http://127.0.0.1:{ports['s3_port']}"
     assert env["TICKREPLAY_S3_SECRET_KEY"] == settings.s3_secret_key
+    # The API answers, and stack.env holds its URL and a working token of the local user.
+    assert env["TICKREPLAY_API_URL"] == api_url
+    assert (state_dir / "stack.env").stat().st_mode & 0o077 == 0
+    import httpx
+
+    auth = {"Authorization": f"Bearer {env['TICKREPLAY_API_TOKEN']}"}
+    assert httpx.get(f"{api_url}/v1/jobs", headers=auth, timeout=10).json()["jobs"] == []
+    assert httpx.get(f"{api_url}/readyz", timeout=20).json()["status"] == "ok"
 
     again = runner.invoke(app, ["up", "--state-dir", str(state_dir), "--workers", "0"])
     assert again.exit_code == 0, again.output
@@ -122,7 +134,7 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
 
     down = runner.invoke(app, ["down", "--state-dir", str(state_dir), "--service-grace", "0"])
     assert down.exit_code == 0, down.output
-    assert "seaweedfs" in down.output and "temporal" in down.output
+    assert "seaweedfs" in down.output and "temporal" in down.output and "api" in down.output
     assert not any(_running(p["pid"]) for p in parts.values())
     assert stack.status(state_dir).parts == []
     assert not (state_dir / "stack.env").exists()
@@ -137,7 +149,7 @@ def test_taken_port_is_named_and_nothing_starts(state_dir: Path, key: str, part:
         squatter.bind(("127.0.0.1", ports[key]))
         squatter.listen()
         with pytest.raises(stack.StackError) as caught:
-            stack.up(state_dir, workers=0, **ports)
+            stack.up(state_dir, workers=0, api=False, **ports)
     assert caught.value.part == part
     assert f"port {ports[key]}" in str(caught.value)
     assert stack.status(state_dir).parts == []
@@ -147,14 +159,14 @@ def test_taken_port_is_named_and_nothing_starts(state_dir: Path, key: str, part:
 def test_stale_pid_file_restarts_that_part_and_recycled_pid_is_never_signalled(
         state_dir: Path) -> None:
     ports = _ports()
-    first = stack.up(state_dir, workers=0, **ports)
+    first = stack.up(state_dir, workers=0, api=False, **ports)
     pids = {p.name: p.pid for p in first.parts}
     os.kill(pids["temporal"], signal.SIGKILL)
     psutil.Process(pids["temporal"]).wait(10)  # reap: we are its parent here
     assert {p.name: p.alive for p in stack.status(state_dir).parts} == \
         {"temporal": False, "seaweedfs": True}
 
-    second = stack.up(state_dir, workers=0)
+    second = stack.up(state_dir, workers=0, api=False)
     assert second.started == ["temporal"]
     now = {p.name: p for p in second.parts}
     assert now["seaweedfs"].pid == pids["seaweedfs"]
@@ -190,13 +202,13 @@ def test_worker_polls_temporal_and_down_stops_it(state_dir: Path) -> None:
     """Needs the lead's ``tickreplay.workers.main``: a worker that polls the shared queue."""
     info = stack.up(state_dir, workers=1, **_ports())
     parts = {p.name: p for p in info.parts}
-    assert sorted(parts) == ["seaweedfs", "temporal", "worker-1"]
+    assert sorted(parts) == ["api", "seaweedfs", "temporal", "worker-1"]
     assert all(p.alive for p in parts.values())
     assert info.warnings == []  # the worker showed up as a poller of the task queue
     worker = psutil.Process(parts["worker-1"].pid)
     assert worker.environ()["TICKREPLAY_TEMPORAL_ADDRESS"] == info.temporal_address
 
     stopped = stack.down(state_dir, service_grace=0)
-    assert stopped == ["worker-1", "seaweedfs", "temporal"]
+    assert stopped == ["worker-1", "api", "seaweedfs", "temporal"]  # the API before its backends
     assert not any(_running(p.pid) for p in parts.values())
     assert _ours(state_dir) == []

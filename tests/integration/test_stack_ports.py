@@ -46,15 +46,16 @@ def test_down_then_up_reuses_the_last_ports(state_dir: Path) -> None:
     while len(ports) < 3:
         ports.add(free_port())
     temporal, ui, s3 = sorted(ports)
-    first = stack.up(state_dir, temporal_port=temporal, ui_port=ui, s3_port=s3, workers=0)
+    first = stack.up(state_dir, temporal_port=temporal, ui_port=ui, s3_port=s3, workers=0,
+                     api=False)
     assert first.temporal_address == f"127.0.0.1:{temporal}"
     stack.down(state_dir, worker_grace=5, service_grace=0)
     assert json.loads((state_dir / "ports.json").read_text()) == {
-        "temporal": temporal, "ui": ui, "s3": s3}
+        "temporal": temporal, "ui": ui, "s3": s3, "api": 8000, "grpc": 50051}
     assert not (state_dir / "stack.env").exists()  # clients must not use a stopped stack
     with ExitStack() as held:
         _hold_default_ports(held)
-        again = stack.up(state_dir, workers=0)
+        again = stack.up(state_dir, workers=0, api=False)
     assert again.temporal_address == f"127.0.0.1:{temporal}"
     assert again.ui_url == f"http://127.0.0.1:{ui}"
     assert again.s3_endpoint == f"http://127.0.0.1:{s3}"
@@ -69,7 +70,7 @@ def test_an_explicit_port_after_down_wins_and_is_remembered(state_dir: Path) -> 
         ports.add(free_port())
     temporal, ui, s3, other = sorted(ports)
     (state_dir / "ports.json").write_text(json.dumps({"temporal": temporal, "ui": ui, "s3": s3}))
-    info = stack.up(state_dir, temporal_port=other, workers=0)
+    info = stack.up(state_dir, temporal_port=other, workers=0, api=False)
     assert info.temporal_address == f"127.0.0.1:{other}"
     assert info.s3_endpoint == f"http://127.0.0.1:{s3}"
     assert json.loads((state_dir / "ports.json").read_text())["temporal"] == other

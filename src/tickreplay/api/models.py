@@ -73,7 +73,9 @@ class JobRequest(ExecutionSettings):
     end_date: dt.date
     params: dict[str, Any] = Field(default_factory=dict)
     job_id: str | None = Field(None, pattern=JOB_ID, description="Choose the job id yourself")
-    checkpoint_every_s: float = Field(30.0, ge=1, le=86_400)
+    checkpoint_every_s: float = Field(30.0, ge=0.1, le=86_400)
+    stall_timeout_s: float = Field(600.0, ge=1, le=7 * 86_400,
+                                   description="Fail a run whose strategy stops making progress")
     allow_missing: bool = Field(False, description="Run without symbols that have no data")
 
     @model_validator(mode="after")
@@ -109,6 +111,7 @@ class JobOut(BaseModel):
     user: str | None = None
     status: str
     stage: str | None = None
+    placements: int | None = Field(None, description="Nodes the run was placed on so far")
     progress: dict[str, Any] = Field(default_factory=dict,
                                      description="ticks_done, ticks_total, sim_time")
     strategy_digest: str

@@ -166,6 +166,13 @@ def create_app(store: MetaStore, settings: Settings | None = None,
         return FileResponse(await service.artifact(viewer, job_id, "equity"),
                             media_type="application/vnd.apache.parquet")
 
+    @app.get("/v1/jobs/{job_id}/files/{name}", responses={409: {"description": "Not succeeded"},
+                                                          **_NOT_FOUND})
+    async def result_file(job_id: str, name: str, viewer: Viewer) -> FileResponse:
+        """Any file of the verified result by its name in the manifest (or manifest.json)."""
+        return FileResponse(await service.result_file(viewer, job_id, name),
+                            media_type="application/octet-stream")
+
     @app.post("/v1/sweeps", status_code=202, response_model=SweepAccepted,
               responses={413: {"description": "Too many points"},
                          422: {"description": "Invalid"}, **_AUTH})

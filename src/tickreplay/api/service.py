@@ -312,8 +312,10 @@ class JobService:
                    bundle: dict[str, Any], req: JobRequest) -> Any:
         from tickreplay.workflows.types import JobInput, JobOptions
 
-        return JobInput(job_id, spec, bundle, JobOptions(checkpoint_every_s=req.checkpoint_every_s),
-                        tracked=True, user=user.name, strategy_digest=req.strategy)
+        options = JobOptions(checkpoint_every_s=req.checkpoint_every_s,
+                             stall_timeout_s=req.stall_timeout_s)
+        return JobInput(job_id, spec, bundle, options, tracked=True, user=user.name,
+                        strategy_digest=req.strategy)
 
     async def _start(self, user: UserInfo, job_id: str, spec: dict[str, Any],
                      bundle: dict[str, Any], req: JobRequest) -> None:
@@ -357,6 +359,7 @@ class JobService:
             except Exception:  # noqa: BLE001 - progress is best effort; the row stands
                 st = {}
             job["stage"] = st.get("stage")
+            job["placements"] = st.get("placements")
             sim_ts = st.get("sim_ts") or 0
             job["progress"] = {
                 "ticks_done": st.get("ticks_done", 0), "ticks_total": st.get("ticks_total", 0),
@@ -402,9 +405,13 @@ class JobService:
         return {"job_id": job_id, "status": "CANCELLING"}
 
     async def artifact(self, user: UserInfo, job_id: str, name: str) -> Path:
-        """A verified local copy of one result file of a SUCCEEDED job."""
+        """A verified local copy of one result file of a SUCCEEDED job, by its URL name."""
         if name not in ARTIFACTS:
             raise NotFound(f"no result file {name!r}; one of {', '.join(ARTIFACTS)}")
+        return await self.result_file(user, job_id, ARTIFACTS[name])
+
+    async def result_file(self, user: UserInfo, job_id: str, filename: str) -> Path:
+        """A verified local copy of ``filename``: ``manifest.json`` or a file it lists."""
         job = await asyncio.to_thread(self.store.job, job_id, user)
         if job is None:
             raise NotFound(f"job_id: no job {job_id!r}")
@@ -415,7 +422,11 @@ class JobService:
         async with lock:
             if not (local / "manifest.json").is_file():
                 await self._s3(lambda: self._download(job_id, local), "read the results")
-        return local / ARTIFACTS[name]
+        listed = json.loads((local / "manifest.json").read_text()).get("files", {})
+        if filename != "manifest.json" and filename not in listed:
+            raise NotFound(f"job {job_id} has no result file {filename!r}; its files: "
+                           f"{', '.join(sorted(listed))}")
+        return local / filename
 
     def _download(self, job_id: str, local: Path) -> None:
         """Download and verify (signature, file list, hashes) into ``local``, atomically."""

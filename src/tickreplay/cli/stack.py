@@ -35,15 +35,23 @@ def up_command(
         help="Temporal Web UI port [default: the running one, else 8233]")] = None,
     s3_port: Annotated[int | None, typer.Option(
         help="SeaweedFS S3 port [default: the running one, else 8333]")] = None,
+    api_port: Annotated[int | None, typer.Option(
+        help="Job API REST port [default: the running one, else 8000]")] = None,
+    grpc_port: Annotated[int | None, typer.Option(
+        help="Job API gRPC port [default: the running one, else 50051]")] = None,
+    api: Annotated[bool, typer.Option("--api/--no-api", help="Run the job API")] = True,
     workers: Annotated[int, typer.Option(min=0, help="Worker processes to run")] = 1,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for health")] = 90.0,
 ) -> None:
-    """Start the Temporal dev server, SeaweedFS and workers; return when all are healthy."""
+    """Start the Temporal dev server, SeaweedFS, the job API and workers; return when all
+    are healthy. Migrates the metadata database and writes the API URL and the local user's
+    token into stack.env, so the job commands go through the API."""
     from tickreplay.stack.control import StackError, up
 
     try:
         info = up(_state_dir(state_dir), temporal_port=temporal_port, ui_port=ui_port,
-                  s3_port=s3_port, workers=workers, timeout=timeout)
+                  s3_port=s3_port, api_port=api_port, grpc_port=grpc_port, workers=workers,
+                  api=api, timeout=timeout)
     except StackError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(1) from None
@@ -56,6 +64,8 @@ def up_command(
     console.print(f"Temporal UI: {info.ui_url}")
     console.print(f"Temporal:    {info.temporal_address}")
     console.print(f"S3 endpoint: {info.s3_endpoint}")
+    if info.api_url:
+        console.print(f"job API:     {info.api_url}  (gRPC {info.grpc_address})")
     console.print(f"state:       {info.state_dir}  (settings in {info.state_dir / 'stack.env'})")
     if Path(info.state_dir).resolve() != Settings.load().home.resolve():
         # other commands find the stack through TICKREPLAY_HOME (default ~/.tickreplay)

@@ -30,8 +30,9 @@ CPU_S = 20
 MEMORY_BYTES = 2 * 1024**3
 
 
-def _limits() -> None:
-    os.setsid()
+def _limit_myself() -> None:
+    """Child side, before any strategy code runs. Not a preexec_fn: forking with one from a
+    process that serves gRPC can crash the child (grpc/grpc#43055)."""
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_S, CPU_S))
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
 
@@ -71,7 +72,7 @@ def _ask(settings: Settings, bundle: dict[str, Any], params: list[dict[str, Any]
                 argv, check=False, input=json.dumps({"nonce": nonce, "bundle": bundle,
                                         "params": params}).encode(),
                 capture_output=True, timeout=TIMEOUT_S, env=runner_env(workdir), cwd=workdir,
-                preexec_fn=_limits)
+                start_new_session=True)
         except subprocess.TimeoutExpired:
             raise StrategyTimeout(f"the strategy did not load within {TIMEOUT_S:.0f} s") from None
     finally:
@@ -89,6 +90,7 @@ def _ask(settings: Settings, bundle: dict[str, Any], params: list[dict[str, Any]
 
 def main() -> None:
     """Child side: read the request on stdin, answer one nonce-prefixed JSON line."""
+    _limit_myself()
     req = json.loads(sys.stdin.buffer.read())
     nonce = req["nonce"]
     try:

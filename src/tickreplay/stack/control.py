@@ -9,11 +9,13 @@ by create time and command line as well as pid, so a recycled pid is never signa
 Layout of a state dir (default ``Settings.load().home``, i.e. ``~/.tickreplay``)::
 
     stack.json  stack.env  stack.lock      what runs where; KEY=VALUE lines other commands load
+    api.token                              the local user's token for the job API (0600)
+    tickreplay.db                          the metadata database (SQLite, unless a DSN is set)
     ports.json                             the ports of the last ``up``; kept by ``down``
     pids/<part>.pid                        JSON: pid, create_time, cmdline, ports, endpoint, log
     temporal/temporal.sqlite, temporal.log workflow histories survive ``down`` / ``up``
     s3/data/, s3/weed.log                  SeaweedFS volumes, filer metadata, credentials
-    logs/worker-<n>.log                    worker output
+    logs/worker-<n>.log, logs/api.log      worker and API output
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ class StackInfo:
     temporal_address: str | None = None
     ui_url: str | None = None
     s3_endpoint: str | None = None
+    api_url: str | None = None
+    grpc_address: str | None = None
     started: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -98,13 +102,15 @@ def status(state_dir: Path) -> StackInfo:
     """Every part recorded in ``state_dir``: pid, whether that very process still runs, endpoint."""
     state_dir = Path(state_dir).expanduser().resolve()
     records = read_records(state_dir)
-    temporal, s3 = records.get("temporal"), records.get("seaweedfs")
+    temporal, s3, api = records.get("temporal"), records.get("seaweedfs"), records.get("api")
     return StackInfo(
         state_dir=state_dir,
         parts=[rec.status() for rec in records.values()],
         temporal_address=temporal.endpoint if temporal else None,
         ui_url=f"http://127.0.0.1:{temporal.ports['ui']}" if temporal else None,
         s3_endpoint=s3.endpoint if s3 else None,
+        api_url=api.endpoint if api else None,
+        grpc_address=f"127.0.0.1:{api.ports['grpc']}" if api else None,
     )
 
 
@@ -114,7 +120,10 @@ def up(
     temporal_port: int | None = None,
     ui_port: int | None = None,
     s3_port: int | None = None,
+    api_port: int | None = None,
+    grpc_port: int | None = None,
     workers: int = 1,
+    api: bool = True,
     timeout: float = 90.0,
     settings: Settings | None = None,
 ) -> StackInfo:
@@ -130,7 +139,11 @@ def up(
             Likewise ``ui_port`` (8233) and ``s3_port`` (8333).
         ui_port: Temporal Web UI port.
         s3_port: SeaweedFS S3 port.
+        api_port: The job API's REST port (8000); ``grpc_port`` its gRPC port (50051).
+        grpc_port: See ``api_port``.
         workers: How many worker processes (``worker-1`` .. ``worker-N``) should run.
+        api: Whether the job API (REST + gRPC) runs; its URL and the local user's token go
+            into ``stack.env``, so the CLI talks to it.
         timeout: Seconds for the whole start-up before it is abandoned.
         settings: Source of the S3 credentials, buckets, namespace and task queue
             (default ``Settings.load()`` for this state dir), so the stack and every client
@@ -158,9 +171,11 @@ def up(
             else:
                 alive[name] = rec
         running = {k: v for rec in alive.values() for k, v in rec.ports.items()}
-        ports = choose_ports(state_dir, running, previous, {"temporal": temporal_port,
-                                                            "ui": ui_port, "s3": s3_port})
-        wanted = [*SERVICES, *(f"worker-{i}" for i in range(1, workers + 1))]
+        ports = choose_ports(state_dir, running, previous, {
+            "temporal": temporal_port, "ui": ui_port, "s3": s3_port, "api": api_port,
+            "grpc": grpc_port})
+        services = [name for name in SERVICES if api or name != "api"]
+        wanted = [*services, *(f"worker-{i}" for i in range(1, workers + 1))]
         missing = [name for name in wanted if name not in alive]
         if not missing:
             write_last_ports(state_dir, ports)
@@ -204,6 +219,13 @@ def _start(state_dir: Path, ports: dict[str, int], missing: list[str],
         endpoints = _Endpoints(f"127.0.0.1:{ports['temporal']}", f"http://127.0.0.1:{ports['s3']}")
         if "seaweedfs" in missing:
             _create_buckets(settings, endpoints.s3)
+        if "api" in missing:
+            proc = _spawn_api(state_dir, ports, endpoints, settings)
+            url = f"http://127.0.0.1:{ports['api']}"
+            started.append(_record(state_dir, "api", proc.pid,
+                                   {"api": ports["api"], "grpc": ports["grpc"]}, url,
+                                   state_dir / "logs" / "api.log"))
+            _await_api(state_dir, proc, url, deadline)
         new_workers = [name for name in missing if name.startswith("worker-")]
         if new_workers:
             procs = {name: _spawn_worker(state_dir, name, endpoints, settings)
@@ -278,6 +300,63 @@ def _worker_env(state_dir: Path, endpoints: _Endpoints, settings: Settings) -> d
         "TICKREPLAY_S3_SECRET_KEY": settings.s3_secret_key,
         "PYTHONUNBUFFERED": "1",  # so the log tail in an error message is current
     }
+
+
+def _spawn_api(state_dir: Path, ports: dict[str, int], endpoints: _Endpoints,
+               settings: Settings) -> subprocess.Popen[bytes]:
+    """Start ``tickreplay api`` (REST + gRPC) detached, output appended to logs/api.log."""
+    log_path = state_dir / "logs" / "api.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as logf:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tickreplay.cli", "api", "--host", "127.0.0.1",
+             "--port", str(ports["api"]), "--grpc-port", str(ports["grpc"])], cwd=state_dir,
+            env=_worker_env(state_dir, endpoints, settings), stdin=subprocess.DEVNULL,
+            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _await_api(state_dir: Path, proc: subprocess.Popen[bytes], url: str, deadline: float
+               ) -> None:
+    """Wait until the API answers /healthz; fail ``up`` with its log tail if it dies."""
+    import httpx
+
+    while True:
+        if proc.poll() is not None:
+            log_path = state_dir / "logs" / "api.log"
+            raise StackError("api", f"exited with code {proc.returncode} while starting; see "
+                                    f"{log_path}:\n{log_tail(log_path)}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise StackError("api", f"{url}/healthz did not answer in time")
+        time.sleep(0.2)
+
+
+def local_token(settings: Settings, state_dir: Path, user: str = "local") -> str:
+    """The token of the stack's local user, kept in ``api.token`` (0600) across ``up``s.
+
+    Created with the user on the first ``up``; a stored token that no longer authenticates
+    (user revoked, database replaced) is replaced by a new one.
+    """
+    from tickreplay.db.store import MetaStore, StoreError, open_engine
+
+    path = state_dir / "api.token"
+    engine = open_engine(settings.model_copy(update={"home": state_dir}).resolved_db_dsn())
+    try:
+        store = MetaStore(engine)
+        if path.is_file() and store.authenticate(token := path.read_text().strip()):
+            return token
+        try:
+            token = store.add_user(user)
+        except StoreError:
+            token = store.new_token(user)
+        atomic_write(path, token + "\n", mode=0o600)
+        return token
+    finally:
+        engine.dispose()
 
 
 def _spawn_worker(state_dir: Path, name: str, endpoints: _Endpoints,
@@ -374,13 +453,16 @@ def _write_stack_files(state_dir: Path, info: StackInfo, ports: dict[str, int],
         "TICKREPLAY_S3_ACCESS_KEY": settings.s3_access_key,
         "TICKREPLAY_S3_SECRET_KEY": settings.s3_secret_key,
     }
-    # Holds the S3 secret: readable by the owner only.
+    if info.api_url:  # the CLI then goes through the job API as the local user
+        env["TICKREPLAY_API_URL"] = info.api_url
+        env["TICKREPLAY_API_TOKEN"] = local_token(settings, state_dir)
+    # Holds the S3 secret and the API token: readable by the owner only.
     atomic_write(state_dir / "stack.env", "".join(f"{k}={v}\n" for k, v in env.items()),
                  mode=0o600)
 
 
 def down(state_dir: Path, *, worker_grace: float = 60.0, service_grace: float = 30.0) -> list[str]:
-    """Stop the processes named in the PID files: workers, then SeaweedFS, then Temporal.
+    """Stop the processes named in the PID files: workers, then the API, SeaweedFS, Temporal.
 
     Workers get SIGTERM together and up to ``worker_grace`` seconds to checkpoint their running
     backtests; services get ``service_grace`` (SeaweedFS's filer needs about 15 s to stop
@@ -399,7 +481,7 @@ def down(state_dir: Path, *, worker_grace: float = 60.0, service_grace: float = 
         records = read_records(state_dir)
         stopped = _stop_records([r for r in records.values() if r.name not in SERVICES],
                                 worker_grace)
-        for name in ("seaweedfs", "temporal"):
+        for name in reversed(SERVICES):  # the API first, Temporal last
             if name in records:
                 stopped += _stop_records([records[name]], service_grace)
         for name in records:

@@ -31,8 +31,9 @@ from tickreplay.stack.ports import DEFAULT_PORTS
 
 log = logging.getLogger(__name__)
 
-# The servers, in start order; every other part is a worker named ``worker-<n>``.
-SERVICES: tuple[str, ...] = ("temporal", "seaweedfs")
+# The servers, in start order (stopped in reverse); every other part is a worker named
+# ``worker-<n>``.
+SERVICES: tuple[str, ...] = ("temporal", "seaweedfs", "api")
 # Mode of every file here but stack.env: others may read what runs where.
 PUBLIC_MODE = 0o644
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from tickreplay.errors import StackError
 
-DEFAULT_PORTS: dict[str, int] = {"temporal": 7233, "ui": 8233, "s3": 8333}
+DEFAULT_PORTS: dict[str, int] = {"temporal": 7233, "ui": 8233, "s3": 8333, "api": 8000,
+                                 "grpc": 50051}
 # Which part listens on each port key, and what the port is called in its error messages.
 PORT_OWNER: dict[str, tuple[str, str]] = {
     "temporal": ("temporal", "gRPC"), "ui": ("temporal", "Web UI"), "s3": ("seaweedfs", "S3"),
+    "api": ("api", "REST API"), "grpc": ("api", "gRPC API"),
 }
 
 
