@@ -3,8 +3,9 @@
 Every ``/v1`` endpoint needs ``Authorization: Bearer <token>`` (401 otherwise). A user sees only
 their own jobs: another user's job answers 404, exactly like a job that does not exist, so ids
 cannot be probed. An admin sees all. Refusals are JSON ``{"detail": message, "code": code}``
-with the status of the :class:`tickreplay.errors.RequestError` raised; invalid bodies are
-FastAPI's 422 whose ``loc`` names the field.
+with the status of the :class:`tickreplay.errors.RequestError` raised; every 422 (FastAPI's
+validation and ours: unknown symbol, bad params) has FastAPI's shape, ``detail`` a list of
+``{loc, msg, type}`` whose ``loc`` names the field.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ from tickreplay.api.models import (
 )
 from tickreplay.api.service import JobService
 from tickreplay.db.store import MetaStore, UserInfo
-from tickreplay.errors import RequestError
+from tickreplay.errors import InvalidRequest, RequestError
 from tickreplay.settings import Settings
 
 _AUTH = {401: {"description": "No valid bearer token"}}
+_POST = {400: {"description": "The body is not JSON"}, **_AUTH}
 _NOT_FOUND = {404: {"description": "No such object for this caller"}, **_AUTH}
 
 
@@ -65,6 +67,10 @@ def create_app(store: MetaStore, settings: Settings | None = None,
 
     @app.exception_handler(RequestError)
     async def refused(_: Request, e: RequestError) -> JSONResponse:
+        if isinstance(e, InvalidRequest):  # the shape of FastAPI's own 422: one schema for all
+            field, _, msg = str(e).partition(": ")
+            return JSONResponse({"detail": [{"loc": [field], "msg": msg or field,
+                                             "type": "value_error"}], "code": e.code}, 422)
         return JSONResponse({"detail": str(e), "code": e.code}, e.http)
 
     @app.get("/healthz")
@@ -89,7 +95,7 @@ def create_app(store: MetaStore, settings: Settings | None = None,
     @app.post("/v1/strategies", status_code=201, response_model=StrategyOut,
               response_model_by_alias=True, responses={413: {"description": "Too large"},
                                                        422: {"description": "Does not load"},
-                                                       **_AUTH})
+                                                       **_POST})
     async def upload_strategy(body: StrategyBundleIn, viewer: Viewer) -> dict[str, Any]:
         """Upload a strategy bundle (it is loaded in the sandbox first); returns its digest."""
         return await service.upload_strategy(viewer, body)
@@ -97,7 +103,7 @@ def create_app(store: MetaStore, settings: Settings | None = None,
     @app.post("/v1/jobs", status_code=202, response_model=Accepted,
               responses={409: {"description": "Idempotency-Key or job_id reused with another "
                                               "body"}, 422: {"description": "Invalid"},
-                         503: {"description": "Temporal or S3 down"}, **_AUTH})
+                         503: {"description": "Temporal or S3 down"}, **_POST})
     async def submit(body: JobRequest, viewer: Viewer,
                      idempotency_key: Annotated[str | None, Header(
                          max_length=200, description="Same key and body: the same job")] = None,
@@ -175,7 +181,7 @@ def create_app(store: MetaStore, settings: Settings | None = None,
 
     @app.post("/v1/sweeps", status_code=202, response_model=SweepAccepted,
               responses={413: {"description": "Too many points"},
-                         422: {"description": "Invalid"}, **_AUTH})
+                         422: {"description": "Invalid"}, **_POST})
     async def submit_sweep(body: SweepRequest, viewer: Viewer) -> dict[str, Any]:
         """Run a parameter grid: every point is a job of the caller's (limits apply)."""
         return await service.submit_sweep(viewer, body)
