@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TR     := $(VENV)/bin/tickreplay
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup sandbox test test-unit bench demo chaos lint clean openapi
+.PHONY: setup sandbox test test-unit bench demo chaos lint clean openapi load
 
 setup: $(STAMP) sandbox
 
@@ -54,6 +54,11 @@ openapi: setup
 proto: setup
 	$(PY) -m grpc_tools.protoc -I protos --python_out=src --pyi_out=src --grpc_python_out=src \
 	  protos/tickreplay/v1/jobs.proto
+
+# 200 jobs submitted at once through the REST API by 4 users on a fresh embedded stack:
+# all must succeed; prints submit latency, wall time and the peak RUNNING per user.
+load: setup
+	$(PY) benchmarks/load.py --jobs $(or $(JOBS),200) --users $(or $(USERS),4)
 
 demo: setup
 	$(PY) -m tickreplay.cli.demo

@@ -10,7 +10,9 @@ validation and ours: unknown symbol, bad params) has FastAPI's shape, ``detail``
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
@@ -58,7 +60,12 @@ def create_app(store: MetaStore, settings: Settings | None = None,
                temporal: Any = None) -> FastAPI:
     """The REST app bound to one metadata store (and the stack of ``settings``)."""
     service = JobService(store, settings or Settings(), temporal)
-    app = FastAPI(title="tickreplay", version="1",
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(title="tickreplay", version="1", lifespan=lifespan,
                   description="Reproducible tick-level backtests: the job API.")
     app.state.service = service
     app.state.store = store

@@ -35,7 +35,6 @@ from tickreplay.errors import (
     InvalidRequest,
     NotFound,
     StoreError,
-    StrategyError,
     TickreplayError,
     TooLarge,
     Unavailable,
@@ -98,6 +97,13 @@ class JobService:
         self._bundles = _Lru(256)  # digest -> bundle dict (immutable: content-addressed)
         self._checked = _Lru(4096)  # (digest, params) -> validated params
         self._downloads: dict[str, asyncio.Lock] = {}
+        from tickreplay.runner.inspect import InspectorPool
+
+        self.inspectors = InspectorPool(settings)  # warm sandboxed children per strategy
+
+    def close(self) -> None:
+        """Stop the inspector children."""
+        self.inspectors.close()
 
     # ------------------------------------------------------------------------ backends
     async def temporal(self) -> Any:
@@ -158,7 +164,10 @@ class JobService:
         raw = bundle.to_bytes()
         digest = hashlib.sha256(raw).hexdigest()
         as_dict = {"files": bundle.files, "entry": bundle.entry, "class": bundle.class_name}
-        info = await self._inspect(digest, as_dict, {})
+        try:
+            info = await asyncio.to_thread(self.inspectors.describe, digest, as_dict)
+        except TickreplayError as e:
+            raise InvalidRequest(f"strategy: {e}") from None
         store = self._artifacts()
 
         def put() -> None:
@@ -192,30 +201,23 @@ class JobService:
         self._bundles.put(digest, bundle)
         return dict(bundle)
 
-    async def _inspect(self, digest: str, bundle: dict[str, Any],
-                       params: dict[str, Any]) -> dict[str, Any]:
-        from tickreplay.runner.inspect import inspect_strategy
-
-        try:
-            return await asyncio.to_thread(inspect_strategy, self.settings, bundle, params)
-        except TickreplayError as e:
-            raise InvalidRequest(f"strategy: {e}") from None
-
     async def _params(self, digest: str, bundle: dict[str, Any],
                       params: dict[str, Any]) -> dict[str, Any]:
         """``params`` validated against the strategy's Params, with defaults filled in."""
         key = digest + json.dumps(params, sort_keys=True, default=str)
         if key not in self._checked:
-            from tickreplay.runner.inspect import inspect_strategy
-
-            try:
-                info = await asyncio.to_thread(inspect_strategy, self.settings, bundle, params)
-            except StrategyError as e:
-                raise InvalidRequest(f"params: {e}") from None
-            except TickreplayError as e:
-                raise InvalidRequest(f"strategy: {e}") from None
-            self._checked.put(key, info["params"])
+            (result,) = await self._check(digest, bundle, [params])
+            if isinstance(result, str):
+                raise InvalidRequest(f"params: {result}")
+            self._checked.put(key, result)
         return dict(self._checked[key])
+
+    async def _check(self, digest: str, bundle: dict[str, Any], params: list[dict[str, Any]]
+                     ) -> list[dict[str, Any] | str]:
+        try:
+            return await asyncio.to_thread(self.inspectors.check, digest, bundle, params)
+        except TickreplayError as e:  # the strategy itself does not load (or hangs)
+            raise InvalidRequest(f"strategy: {e}") from None
 
     async def _s3(self, fn: Any, what: str) -> Any:
         try:
@@ -469,8 +471,6 @@ class JobService:
         """Record every grid point as a PENDING job and start the SweepWorkflow."""
         import itertools
 
-        from tickreplay.runner.inspect import validate_many
-
         keys = sorted(req.grid)
         if any(not req.grid[k] for k in keys):
             raise InvalidRequest("grid: every axis needs at least one value")
@@ -480,8 +480,7 @@ class JobService:
             raise TooLarge(f"grid: {len(points)} points; at most {MAX_SWEEP_POINTS}")
         bundle = await self._bundle(req.strategy)
         base_params = await self._params(req.strategy, bundle, req.params)
-        checked = await asyncio.to_thread(validate_many, self.settings, bundle,
-                                          [{**base_params, **p} for p in points])
+        checked = await self._check(req.strategy, bundle, [{**base_params, **p} for p in points])
         for point, result in zip(points, checked):
             if isinstance(result, str):
                 raise InvalidRequest(f"grid: {point}: {result}")
