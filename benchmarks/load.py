@@ -25,13 +25,13 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from tickreplay.data.generate import generate  # noqa: E402
-from tickreplay.data.objectstore import S3Store  # noqa: E402
-from tickreplay.db.store import MetaStore, open_engine  # noqa: E402
-from tickreplay.settings import Settings  # noqa: E402
-from tickreplay.stack import control  # noqa: E402
-from tickreplay.stack.ports import free_ports  # noqa: E402
-from tickreplay.strategy.loader import bundle_from_spec  # noqa: E402
+from tickreplay.data.generate import generate
+from tickreplay.data.objectstore import S3Store
+from tickreplay.db.store import MetaStore, open_engine
+from tickreplay.settings import Settings
+from tickreplay.stack import control
+from tickreplay.stack.ports import free_ports
+from tickreplay.strategy.loader import bundle_from_spec
 
 SYMBOLS = ["AAA", "BBB"]
 START, END = "2024-03-04", "2024-03-08"

@@ -161,3 +161,70 @@ def test_users_see_only_their_jobs_admins_all_with_cursor_pages(store: MetaStore
     assert [j["job_id"] for j in store.jobs(alice, status="CANCELLED")] == ["a3"]
     assert [j["job_id"] for j in store.jobs(bob)] == ["b0"]
     assert {j["job_id"] for j in store.jobs(root, limit=100)} == {f"a{i}" for i in range(5)} | {"b0"}
+
+
+def test_admission_holds_the_limits_under_concurrent_workers(store: MetaStore) -> None:
+    """Eight threads admit at once, as eight workers would, holding each admitted job RUNNING
+    a moment: never more RUNNING than the per-user limit (2) or the global cap (3), and each
+    user's jobs start in submission order. Three users, so both limits bind."""
+    import threading
+    import time
+
+    users = [store.authenticate(store.add_user(n)) for n in ("alice", "bob", "carol")]
+    ids = {u.name: [f"{u.name}{i}" for i in range(6)] for u in users if u}
+    for i in range(6):
+        for u in users:
+            assert u
+            store.create_job(u, ids[u.name][i], _spec(), "d" * 64)
+    order: list[str] = []
+    peak = {"user": 0, "all": 0}
+    lock = threading.Lock()
+
+    def worker(seed: int) -> None:
+        import random
+
+        rnd = random.Random(seed)
+        pending = [j for js in ids.values() for j in js]
+        for _ in range(2000):
+            job = rnd.choice(pending)
+            if store.admit(job, per_user=2, global_cap=5) == "RUNNING":
+                with lock:
+                    if job in order:
+                        continue
+                    order.append(job)
+                    counts = store.counts()
+                    running = {u: n for (u, s), n in counts.items() if s == "RUNNING"}
+                    peak["user"] = max(peak["user"], *running.values())
+                    peak["all"] = max(peak["all"], sum(running.values()))
+                time.sleep(rnd.uniform(0.01, 0.03))  # running a moment
+                store.set_status(job, "SUCCEEDED")  # the slot frees
+            if len(order) == 18:
+                return
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(order) == sorted(j for js in ids.values() for j in js)
+    assert peak["user"] == 2 and 2 <= peak["all"] <= 5
+    for js in ids.values():  # each user's jobs started in submission order
+        started = [store.job_record(j)["started_at"] for j in js]
+        assert started == sorted(started)
+    assert store.admit("alice0", per_user=2, global_cap=5) == "SUCCEEDED"  # terminal stays
+    with pytest.raises(StoreError, match="no job"):
+        store.admit("nope", per_user=2, global_cap=5)
+
+
+def test_idempotency_keys_are_unique_per_user(store: MetaStore) -> None:
+    alice = store.authenticate(store.add_user("alice"))
+    bob = store.authenticate(store.add_user("bob"))
+    assert alice and bob
+    assert store.create_job(alice, "a", _spec(), "d" * 64, idempotency_key="k",
+                            request_sha256="1" * 64)
+    with pytest.raises(StoreError, match="idempotency key"):
+        store.create_job(alice, "b", _spec(), "d" * 64, idempotency_key="k")
+    assert store.create_job(bob, "c", _spec(), "d" * 64, idempotency_key="k")
+    found = store.by_idempotency_key(alice, "k")
+    assert found is not None and found["job_id"] == "a" and found["request_sha256"] == "1" * 64
+    assert store.by_idempotency_key(alice, "other") is None

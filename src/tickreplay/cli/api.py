@@ -26,10 +26,10 @@ def api_command(
 
     import uvicorn
 
-    from tickreplay.api.logs import configure_json_logging
+    from tickreplay import logjson
     from tickreplay.api.rest import create_app
 
-    configure_json_logging()
+    logjson.configure()
     settings = load_settings()
     rest = create_app(open_meta_store(), settings)
 

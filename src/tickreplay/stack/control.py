@@ -181,11 +181,13 @@ def up(
             write_last_ports(state_dir, ports)
             return status(state_dir)
         check_ports_free(ports, missing)
-        return _start(state_dir, ports, missing, alive, settings, time.monotonic() + timeout)
+        return _start(state_dir, ports, missing, alive, settings, time.monotonic() + timeout,
+                      capacity=workers * settings.max_concurrent_runs)
 
 
 def _start(state_dir: Path, ports: dict[str, int], missing: list[str],
-           alive: dict[str, PidRecord], settings: Settings, deadline: float) -> StackInfo:
+           alive: dict[str, PidRecord], settings: Settings, deadline: float, *,
+           capacity: int = 1) -> StackInfo:
     """Start the ``missing`` parts in order (Temporal, SeaweedFS, workers).
 
     All or nothing: if any part fails, the parts this call started are stopped and their PID
@@ -216,7 +218,8 @@ def _start(state_dir: Path, ports: dict[str, int], missing: list[str],
                 raise StackError("seaweedfs", str(e)) from None
             started.append(_record(state_dir, "seaweedfs", weed.pid, {"s3": ports["s3"]},
                                    weed.endpoint, weed.log_path))
-        endpoints = _Endpoints(f"127.0.0.1:{ports['temporal']}", f"http://127.0.0.1:{ports['s3']}")
+        endpoints = _Endpoints(f"127.0.0.1:{ports['temporal']}", f"http://127.0.0.1:{ports['s3']}",
+                               capacity)
         if "seaweedfs" in missing:
             _create_buckets(settings, endpoints.s3)
         if "api" in missing:
@@ -251,6 +254,7 @@ class _Endpoints:
 
     temporal: str
     s3: str
+    capacity: int = 1  # runner slots of all workers: the default cap on RUNNING jobs
 
 
 def _record(state_dir: Path, name: str, pid: int, ports: dict[str, int], endpoint: str | None,
@@ -290,8 +294,14 @@ def _create_buckets(settings: Settings, endpoint: str) -> None:
 
 
 def _worker_env(state_dir: Path, endpoints: _Endpoints, settings: Settings) -> dict[str, str]:
-    """The caller's environment plus this stack's endpoints and keys, which take precedence."""
+    """The caller's environment plus this stack's endpoints and keys, which take precedence.
+
+    Unless set explicitly, the cap on RUNNING jobs is the stack's runner slots: an admitted job
+    then has a runner at once, instead of waiting on a node queue until its schedule-to-start
+    timeout re-places it (again and again, for a long queue of long jobs).
+    """
     return {
+        "TICKREPLAY_MAX_RUNNING_JOBS": str(max(1, endpoints.capacity)),
         **os.environ,
         "TICKREPLAY_HOME": str(state_dir),
         "TICKREPLAY_TEMPORAL_ADDRESS": endpoints.temporal,

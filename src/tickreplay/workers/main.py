@@ -76,7 +76,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
 
 def main() -> None:
     """Entry point: settings from the environment (and ``<home>/stack.env``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from tickreplay import logjson
+
+    logjson.configure()
     settings = Settings.load()
 
     async def go() -> None:
