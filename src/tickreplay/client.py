@@ -342,7 +342,7 @@ def _table(job_id: str, name: str) -> _Op[Any]:
 
 def _result_file(job_id: str, name: str) -> _Op[bytes]:
     """The bytes of one result file the manifest lists (``GET /v1/jobs/{id}/files/{name}``)."""
-    return (yield from _bytes(job_id, f"files/{name}"))
+    return (yield from _bytes(job_id, "files/" + quote(name, safe="")))
 
 
 def _download(job_id: str, out_dir: str | os.PathLike[str], key: bytes | None
@@ -779,6 +779,11 @@ class Client:
         """The sweep: its points' status and, at the end, the ranked rows."""
         return self._sweep_of(self._run(_get(f"/v1/sweeps/{quote(sweep_id, safe='')}")))
 
+    def cancel_sweep(self, sweep_id: str) -> str:
+        """Stop a sweep: running points are cancelled, points not started end CANCELLED."""
+        doc = self._run(_post(f"/v1/sweeps/{quote(sweep_id, safe='')}/cancel"))
+        return str(doc.get("status", "CANCELLING"))
+
 
 def _get_step(request: _Request) -> _Op[dict[str, Any]]:
     return (yield request)
@@ -1010,3 +1015,7 @@ class AsyncClient:
 
     async def sweep_status(self, sweep_id: str) -> AsyncSweep:
         return self._sweep_of(await self._run(_get(f"/v1/sweeps/{quote(sweep_id, safe='')}")))
+
+    async def cancel_sweep(self, sweep_id: str) -> str:
+        doc = await self._run(_post(f"/v1/sweeps/{quote(sweep_id, safe='')}/cancel"))
+        return str(doc.get("status", "CANCELLING"))

@@ -234,14 +234,63 @@ def test_sweep_runs_every_point_as_a_job(api: ApiStack) -> None:
     assert bad.status_code == 422 and "grid" in bad.text
 
 
+def test_cancel_a_sweep_its_unstarted_points_end_and_block_no_one(api: ApiStack) -> None:
+    """A sweep runs one point at a time; cancelled at once, the points it never started end
+    CANCELLED with it, and a job of the same user submitted meanwhile is not held up by them."""
+    body = {**api.body(api.digests["sma"]), "grid": {"fast": [3, 4, 5, 6], "slow": [30]},
+            "max_concurrent": 1}
+    sweep = api.http("POST", "/v1/sweeps", "bob", json=body).json()
+    job_id = api.http("POST", "/v1/jobs", "bob", json=api.body(api.digests["sma"])).json()["job_id"]
+    assert api.http("POST", f"/v1/sweeps/{sweep['sweep_id']}/cancel", "alice").status_code == 404
+    assert api.http("POST", f"/v1/sweeps/{sweep['sweep_id']}/cancel", "bob").status_code == 202
+    assert api.wait(job_id, "bob")["status"] == "SUCCEEDED"
+    deadline = time.monotonic() + 120
+    while True:
+        sw = api.http("GET", f"/v1/sweeps/{sweep['sweep_id']}", "bob").json()
+        if sw["status"] == "CANCELLED" and all(
+                j["status"] in ("SUCCEEDED", "CANCELLED") for j in sw["jobs"]):
+            break
+        assert time.monotonic() < deadline, sw
+        time.sleep(0.3)
+    assert sum(j["status"] == "CANCELLED" for j in sw["jobs"]) >= 3
+    again = api.http("POST", f"/v1/sweeps/{sweep['sweep_id']}/cancel", "bob")
+    assert again.status_code == 409
+
+
+def test_a_job_id_of_a_workflow_the_api_does_not_know_is_409(api: ApiStack) -> None:
+    """A job started straight on Temporal keeps its id: the API never adopts it."""
+    import asyncio
+
+    from wfkit import EXAMPLES
+
+    from tickreplay.jobs import operations as jobs
+    from tickreplay.spec import BacktestSpec
+
+    spec = BacktestSpec.parse({"strategy": str(EXAMPLES / "sma_cross.py"),
+                               "data_url": f"s3://{api.settings.data_bucket}", "symbols": "AAA",
+                               "start": "2024-03-04", "end": "2024-03-05"})
+    direct = jobs.prepare(spec, f"direct-{time.time_ns()}")
+
+    async def start() -> None:
+        await jobs.submit(await jobs.connect(api.settings), api.settings, direct)
+
+    asyncio.run(start())
+    r = api.http("POST", "/v1/jobs", json=api.body(api.digests["sma"], job_id=direct.job_id))
+    assert r.status_code == 409 and "taken" in r.json()["detail"]
+    assert api.store.job_record(direct.job_id) is None  # nothing left half-made
+
+
 def test_health_readiness_metrics_and_the_committed_openapi(api: ApiStack) -> None:
     assert api.http("GET", "/healthz", None).json() == {"status": "ok"}
     ready = api.http("GET", "/readyz", None)
     assert ready.status_code == 200 and ready.json() == {"status": "ok", "db": "ok",
                                                          "temporal": "ok", "s3": "ok"}
-    text = api.http("GET", "/metrics", None).text
+    assert api.http("GET", "/metrics", None).status_code == 401
+    assert api.http("GET", "/metrics", "alice").status_code == 403  # user names inside
+    text = api.http("GET", "/metrics", "root").text
     assert 'tickreplay_jobs{status="SUCCEEDED"}' in text
     assert "tickreplay_submit_seconds_count" in text and "tickreplay_job_run_seconds_bucket" in text
+    assert 'tickreplay_user_running_jobs' in text
     served = api.http("GET", "/openapi.json", None).json()
     committed = json.loads((Path(ROOT) / "docs" / "openapi.json").read_text())
     assert served == committed, "docs/openapi.json is stale: run `make openapi`"

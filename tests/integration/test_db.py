@@ -176,6 +176,9 @@ def test_admission_holds_the_limits_under_concurrent_workers(store: MetaStore) -
         for u in users:
             assert u
             store.create_job(u, ids[u.name][i], _spec(), "d" * 64)
+    for i in range(6):  # every job's workflow asks once, in submission order (no slot yet)
+        for u in users:
+            assert u and store.admit(ids[u.name][i], per_user=2, global_cap=0) == "PENDING"
     order: list[str] = []
     peak = {"user": 0, "all": 0}
     lock = threading.Lock()
@@ -212,6 +215,11 @@ def test_admission_holds_the_limits_under_concurrent_workers(store: MetaStore) -
         started = [store.job_record(j)["started_at"] for j in js]
         assert started == sorted(started)
     assert store.admit("alice0", per_user=2, global_cap=5) == "SUCCEEDED"  # terminal stays
+    # A job whose workflow has not asked yet holds no one up (a sweep's later points).
+    store.create_job(users[0], "early", _spec(), "d" * 64)  # type: ignore[arg-type]
+    store.create_job(users[0], "late", _spec(), "d" * 64)  # type: ignore[arg-type]
+    assert store.admit("late", per_user=2, global_cap=5) == "RUNNING"
+    assert store.admit("early", per_user=2, global_cap=5) == "RUNNING"
     with pytest.raises(StoreError, match="no job"):
         store.admit("nope", per_user=2, global_cap=5)
 

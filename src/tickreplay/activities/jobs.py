@@ -8,6 +8,7 @@ status changes nothing), which makes at-least-once delivery safe.
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -29,13 +30,15 @@ class JobRecordActivities:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._store: Any = None
+        self._lock = threading.Lock()  # activities run in a thread pool: one engine
 
     def store(self) -> Any:
         from tickreplay.db.store import MetaStore, open_engine
 
-        if self._store is None:
-            self._store = MetaStore(open_engine(self.settings.resolved_db_dsn()))
-        return self._store
+        with self._lock:
+            if self._store is None:
+                self._store = MetaStore(open_engine(self.settings.resolved_db_dsn()))
+            return self._store
 
     @activity.defn(name="admit_job")
     def admit_job(self, inp: t.AdmitInput) -> str:

@@ -93,9 +93,13 @@ def create_app(store: MetaStore, settings: Settings | None = None,
         return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
                             200 if ok else 503)
 
-    @app.get("/metrics", response_class=Response)
-    def prometheus() -> Response:
-        """Prometheus metrics: jobs by status, submit latency, run durations, requests."""
+    @app.get("/metrics", response_class=Response,
+             responses={403: {"description": "Not an admin"}, **_AUTH})
+    def prometheus(viewer: Viewer) -> Response:
+        """Prometheus metrics (an admin's token): jobs by status, RUNNING per user, submit
+        latency, run durations, requests."""
+        if not viewer.is_admin:
+            raise HTTPException(403, "metrics are for admins")
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
@@ -197,5 +201,11 @@ def create_app(store: MetaStore, settings: Settings | None = None,
     async def get_sweep(sweep_id: str, viewer: Viewer) -> dict[str, Any]:
         """A sweep: its points' status and, at the end, the ranked table."""
         return await service.sweep(viewer, sweep_id)
+
+    @app.post("/v1/sweeps/{sweep_id}/cancel", status_code=202,
+              responses={409: {"description": "Already finished"}, **_NOT_FOUND})
+    async def cancel_sweep(sweep_id: str, viewer: Viewer) -> dict[str, Any]:
+        """Cancel a sweep: running points are cancelled, points not started end CANCELLED."""
+        return await service.cancel_sweep(viewer, sweep_id)
 
     return app

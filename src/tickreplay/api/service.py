@@ -98,8 +98,18 @@ class JobService:
         self._checked = _Lru(4096)  # (digest, params) -> validated params
         self._downloads: dict[str, asyncio.Lock] = {}
         from tickreplay.runner.inspect import InspectorPool
+        from tickreplay.runner.pool import sandbox_mode
 
         self.inspectors = InspectorPool(settings)  # warm sandboxed children per strategy
+        # Strategy code never runs unconfined in the API process's name: without bubblewrap
+        # params are not checked here (the runner still validates them, failing the job).
+        try:
+            self.sandboxed = sandbox_mode(settings) == "bwrap"
+        except RuntimeError:
+            self.sandboxed = False
+        if not self.sandboxed:
+            log.warning("no bubblewrap sandbox: the API will not load strategies to check "
+                        "params; bad params fail the job instead of a 422")
 
     def close(self) -> None:
         """Stop the inspector children."""
@@ -150,7 +160,8 @@ class JobService:
                 await asyncio.wait_for(check, 8)
                 out[name] = "ok"
             except Exception as e:  # noqa: BLE001 - any failure means not ready
-                out[name] = f"{type(e).__name__}: {e}"[:200]
+                log.warning("readiness: %s: %s: %s", name, type(e).__name__, e)
+                out[name] = f"unavailable ({type(e).__name__})"  # details in the log only
         return out
 
     # ---------------------------------------------------------------------- strategies
@@ -164,10 +175,12 @@ class JobService:
         raw = bundle.to_bytes()
         digest = hashlib.sha256(raw).hexdigest()
         as_dict = {"files": bundle.files, "entry": bundle.entry, "class": bundle.class_name}
-        try:
-            info = await asyncio.to_thread(self.inspectors.describe, digest, as_dict)
-        except TickreplayError as e:
-            raise InvalidRequest(f"strategy: {e}") from None
+        info: dict[str, Any] = {}
+        if self.sandboxed:
+            try:
+                info = await asyncio.to_thread(self.inspectors.describe, digest, as_dict)
+            except TickreplayError as e:
+                raise InvalidRequest(f"strategy: {e}") from None
         store = self._artifacts()
 
         def put() -> None:
@@ -214,6 +227,8 @@ class JobService:
 
     async def _check(self, digest: str, bundle: dict[str, Any], params: list[dict[str, Any]]
                      ) -> list[dict[str, Any] | str]:
+        if not self.sandboxed:
+            return list(params)
         try:
             return await asyncio.to_thread(self.inspectors.check, digest, bundle, params)
         except TickreplayError as e:  # the strategy itself does not load (or hangs)
@@ -324,6 +339,7 @@ class JobService:
         """Start the job's workflow; if Temporal refuses, the PENDING row is removed again
         (the caller gets 503 and may retry: nothing half-made stays behind)."""
         from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+        from temporalio.exceptions import WorkflowAlreadyStartedError
 
         from tickreplay.jobs.operations import INPUT_DIGEST_MEMO, input_digest
         from tickreplay.workflows.search import job_attributes
@@ -332,9 +348,11 @@ class JobService:
         job = self._job_input(user, job_id, spec, bundle, req)
         try:
             client = await self.temporal()
+            # FAIL, not USE_EXISTING: the row is new, so a workflow already under this id is
+            # someone else's (a job started straight on Temporal) and must not be adopted.
             await client.start_workflow(
                 "BacktestWorkflow", job, id=job_id, task_queue=self.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 memo={INPUT_DIGEST_MEMO: input_digest(job)}, result_type=JobResult,
                 search_attributes=job_attributes(user.name, PENDING, req.strategy))
@@ -342,6 +360,8 @@ class JobService:
             await asyncio.to_thread(self.store.delete_unstarted_job, job_id)
             if isinstance(e, TickreplayError):
                 raise
+            if isinstance(e, WorkflowAlreadyStartedError):
+                raise Conflict(f"job_id: {job_id!r} is taken") from None
             raise Unavailable(f"could not start the job's workflow: {e}") from None
 
     # ------------------------------------------------------------------------- reading
@@ -524,6 +544,23 @@ class JobService:
                                         error=f"the sweep could not start: {e}")
             await asyncio.to_thread(self.store.finish_sweep, sweep_id, "FAILED", {})
             raise Unavailable(f"could not start the sweep's workflow: {e}") from None
+
+    async def cancel_sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:
+        """Cancel a sweep's workflow: its running points are cancelled, the rest end with it."""
+        from temporalio.service import RPCError, RPCStatusCode
+
+        sw = await asyncio.to_thread(self.store.sweep, sweep_id, user)
+        if sw is None:
+            raise NotFound(f"sweep_id: no sweep {sweep_id!r}")
+        if sw["status"] in TERMINAL:
+            raise Conflict(f"sweep {sweep_id} has already finished ({sw['status']})")
+        try:
+            await (await self.temporal()).get_workflow_handle(sweep_id).cancel()
+        except RPCError as e:
+            if e.status != RPCStatusCode.NOT_FOUND:
+                raise Unavailable(f"could not cancel {sweep_id}: {e}") from None
+            await asyncio.to_thread(self.store.finish_sweep, sweep_id, "CANCELLED", {})
+        return {"sweep_id": sweep_id, "status": "CANCELLING"}
 
     async def sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:
         sw = await asyncio.to_thread(self.store.sweep, sweep_id, user)

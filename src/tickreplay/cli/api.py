@@ -36,16 +36,23 @@ def api_command(
     async def serve() -> None:
         server = uvicorn.Server(uvicorn.Config(rest, host=host, port=port, log_config=None,
                                                access_log=False))
-        grpc_server = None
-        if grpc_port:
-            from tickreplay.api.grpc_server import create_server
+        if not grpc_port:
+            await server.serve()
+            return
+        from tickreplay.api.grpc_server import serve_grpc
 
-            grpc_server = create_server(rest.state.service, host, grpc_port)
-            await grpc_server.start()
+        # uvicorn handles SIGTERM/SIGINT; when it returns, gRPC turns NOT_SERVING and drains.
+        stop, started = asyncio.Event(), asyncio.Event()
+        grpc_task = asyncio.create_task(serve_grpc(rest.state.service, host, grpc_port,
+                                                   stop=stop, started=started))
+        await asyncio.wait([grpc_task, asyncio.create_task(started.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        if grpc_task.done():
+            grpc_task.result()  # could not listen: fail now, naming the port
         try:
             await server.serve()
         finally:
-            if grpc_server is not None:
-                await grpc_server.stop(5)
+            stop.set()
+            await grpc_task
 
     asyncio.run(serve())

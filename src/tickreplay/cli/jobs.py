@@ -473,8 +473,11 @@ def cancel_cmd(job_id: str) -> None:
     """Cancel a job: its runner process is stopped and the job ends CANCELLED."""
     api = _api_client()
     if api is not None:
-        with api, _api_errors():
-            api.cancel(job_id)  # a finished job: 409 "has already finished", one line
+        with api, _api_errors():  # a finished job: 409 "has already finished", one line
+            if job_id.startswith("sweep-"):
+                api.cancel_sweep(job_id)
+            else:
+                api.cancel(job_id)
         console.print(f"cancel requested for {job_id}")
         return
 

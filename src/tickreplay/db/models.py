@@ -76,6 +76,8 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_sha256: Mapped[str] = mapped_column(String(64), default="")
     sweep_id: Mapped[str | None] = mapped_column(String(200))
+    # When its workflow first asked for a slot: the order of admission within a user.
+    queued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Sweep(Base):

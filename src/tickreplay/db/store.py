@@ -189,28 +189,31 @@ class MetaStore:
 
         A job is admitted when its user has fewer RUNNING jobs than their limit (the user's
         own ``max_running``, else ``per_user``), the platform fewer than ``global_cap``, and no
-        earlier PENDING job of the same user waits (so a user's jobs start in submission
-        order). The check and the move are one transaction that holds the database's write
+        earlier-submitted PENDING job of the same user waits for a slot (so a user's waiting
+        jobs start in submission order; a row whose workflow has not asked yet, such as a
+        sweep's later points, holds no one up). The check and the move are one transaction that holds the database's write
         lock (SQLite: the first statement writes; PostgreSQL: an advisory lock), so two
         workers admitting at once can never overshoot a limit.
         """
         with self._tx() as s:
             if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
                 s.execute(text("select pg_advisory_xact_lock(7411)"))
-            else:  # take SQLite's write lock before reading anything
-                s.execute(update(Job).where(Job.job_id == job_id).values(status=Job.status))
-            job = s.get(Job, job_id)
-            if job is None:
-                raise StoreError(f"no job {job_id!r}")
+            job = self._locked(s, job_id)
             if job.status != PENDING:
                 return job.status
+            if job.queued_at is None:  # the job's workflow asks for the first time
+                job.queued_at = _now()
+                s.flush()
             limit = s.scalar(select(User.max_running).where(User.id == job.user_id))
             mine = s.scalar(select(func.count()).select_from(Job).where(
                 Job.user_id == job.user_id, Job.status == RUNNING)) or 0
             total = s.scalar(select(func.count()).select_from(Job).where(
                 Job.status == RUNNING)) or 0
+            # Earlier submissions go first, but only those whose workflow is waiting (has
+            # asked): a sweep's later points (not yet started by the sweep) or a row whose
+            # workflow is gone must not block the user's other jobs.
             earlier = s.scalar(select(func.count()).select_from(Job).where(
-                Job.user_id == job.user_id, Job.status == PENDING,
+                Job.user_id == job.user_id, Job.status == PENDING, Job.queued_at.is_not(None),
                 tuple_(Job.submitted_at, Job.job_id) < tuple_(job.submitted_at, job.job_id))) or 0
             if mine >= (limit if limit is not None else per_user) or total >= global_cap \
                     or earlier:
@@ -218,6 +221,25 @@ class MetaStore:
             job.status = RUNNING
             job.started_at = _now()
             return RUNNING
+
+    @staticmethod
+    def _locked(s: Session, job_id: str) -> Job:
+        """The job's row, locked for this transaction before it is read.
+
+        Why: a status move reads the row, checks the transition and writes; two movers (an
+        admission and a cancel's record, say) must not both read the old status. PostgreSQL:
+        ``SELECT ... FOR UPDATE``. SQLite (pysqlite starts a transaction only at the first
+        write): a no-op UPDATE first, which takes the database's write lock.
+
+        Raises:
+            StoreError: No such job.
+        """
+        if s.bind.dialect.name != "postgresql":  # type: ignore[union-attr]
+            s.execute(update(Job).where(Job.job_id == job_id).values(status=Job.status))
+        job = s.get(Job, job_id, with_for_update=True, populate_existing=True)
+        if job is None:
+            raise StoreError(f"no job {job_id!r}")
+        return job
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Jobs by ``(user name, status)`` (for metrics and the load report)."""
@@ -238,9 +260,7 @@ class MetaStore:
         if set(fields) - allowed:
             raise StoreError(f"cannot set {sorted(set(fields) - allowed)} on a job")
         with self._tx() as s:
-            job = s.get(Job, job_id, with_for_update=True)
-            if job is None:
-                raise StoreError(f"no job {job_id!r}")
+            job = self._locked(s, job_id)
             if job.status == status:
                 return False
             if status not in _NEXT.get(job.status, set()):
@@ -331,6 +351,13 @@ class MetaStore:
             if sw.status in TERMINAL:
                 return
             sw.status, sw.result, sw.finished_at = status, result, _now()
+            # Points whose workflow never started (a cancelled sweep) end with it; the started
+            # ones are cancelled through Temporal and record their own end.
+            for job in s.scalars(select(Job).where(Job.sweep_id == sweep_id,
+                                                   Job.status == PENDING,
+                                                   Job.queued_at.is_(None))):
+                job.status, job.finished_at = "CANCELLED", _now()
+                job.error = f"the sweep ended ({status}) before this point started"
 
     def add_event(self, job_id: str, kind: str, **data: Any) -> None:
         with self._tx() as s:

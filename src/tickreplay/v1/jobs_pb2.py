@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickreplay/v1/jobs.proto\x12\rtickreplay.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8a\x04\n\x15SubmitBacktestRequest\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\nlatency_ms\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cslippage_bps\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\ncommission\x18\x08 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x0cinitial_cash\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\n \x01(\x03H\x04\x88\x01\x01\x12\x11\n\x04mode\x18\x0b \x01(\tH\x05\x88\x01\x01\x12\x13\n\x06job_id\x18\x0c \x01(\tH\x06\x88\x01\x01\x12\x1f\n\x12\x63heckpoint_every_s\x18\r \x01(\x01H\x07\x88\x01\x01\x12\x15\n\rallow_missing\x18\x0e \x01(\x08\x12\x1c\n\x0fidempotency_key\x18\x0f \x01(\tH\x08\x88\x01\x01\x42\r\n\x0b_latency_msB\x0f\n\r_slippage_bpsB\r\n\x0b_commissionB\x0f\n\r_initial_cashB\x07\n\x05_seedB\x07\n\x05_modeB\t\n\x07_job_idB\x15\n\x13_checkpoint_every_sB\x12\n\x10_idempotency_key\"I\n\x16SubmitBacktestResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb6\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x12\n\nticks_done\x18\x05 \x01(\x03\x12\x13\n\x0bticks_total\x18\x06 \x01(\x03\x12,\n\x08sim_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fstrategy_digest\x18\x08 \x01(\t\x12\x14\n\x0cimage_digest\x18\t \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\n \x01(\t\x12\x0f\n\x07symbols\x18\x0b \x03(\t\x12\x12\n\nstart_date\x18\x0c \x01(\t\x12\x10\n\x08\x65nd_date\x18\r \x01(\t\x12\'\n\x06params\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x04spec\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bresult_hash\x18\x10 \x01(\t\x12\x14\n\x0cresults_path\x18\x11 \x01(\t\x12(\n\x07metrics\x18\x12 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x13 \x01(\t\x12\x30\n\x0csubmitted_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0fidempotency_key\x18\x17 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08sweep_id\x18\x18 \x01(\tH\x01\x88\x01\x01\x42\x12\n\x10_idempotency_keyB\x0b\n\t_sweep_id\"o\n\x0fListJobsRequest\x12\x13\n\x06status\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06\x63ursor\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_statusB\x08\n\x06_limitB\t\n\x07_cursor\"^\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.tickreplay.v1.Job\x12\x18\n\x0bnext_cursor\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_next_cursor\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t2\x86\x03\n\nJobService\x12]\n\x0eSubmitBacktest\x12$.tickreplay.v1.SubmitBacktestRequest\x1a%.tickreplay.v1.SubmitBacktestResponse\x12:\n\x06GetJob\x12\x1c.tickreplay.v1.GetJobRequest\x1a\x12.tickreplay.v1.Job\x12K\n\x08ListJobs\x12\x1e.tickreplay.v1.ListJobsRequest\x1a\x1f.tickreplay.v1.ListJobsResponse\x12N\n\tCancelJob\x12\x1f.tickreplay.v1.CancelJobRequest\x1a .tickreplay.v1.CancelJobResponse\x12@\n\x08WatchJob\x12\x1e.tickreplay.v1.WatchJobRequest\x1a\x12.tickreplay.v1.Job0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tickreplay/v1/jobs.proto\x12\rtickreplay.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x04\n\x15SubmitBacktestRequest\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x0f\n\x07symbols\x18\x02 \x03(\t\x12\x12\n\nstart_date\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x04 \x01(\t\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\nlatency_ms\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0cslippage_bps\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\ncommission\x18\x08 \x01(\tH\x02\x88\x01\x01\x12\x19\n\x0cinitial_cash\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\n \x01(\x03H\x04\x88\x01\x01\x12\x11\n\x04mode\x18\x0b \x01(\tH\x05\x88\x01\x01\x12\x13\n\x06job_id\x18\x0c \x01(\tH\x06\x88\x01\x01\x12\x1f\n\x12\x63heckpoint_every_s\x18\r \x01(\x01H\x07\x88\x01\x01\x12\x15\n\rallow_missing\x18\x0e \x01(\x08\x12\x1c\n\x0fidempotency_key\x18\x0f \x01(\tH\x08\x88\x01\x01\x12\x1c\n\x0fstall_timeout_s\x18\x10 \x01(\x01H\t\x88\x01\x01\x42\r\n\x0b_latency_msB\x0f\n\r_slippage_bpsB\r\n\x0b_commissionB\x0f\n\r_initial_cashB\x07\n\x05_seedB\x07\n\x05_modeB\t\n\x07_job_idB\x15\n\x13_checkpoint_every_sB\x12\n\x10_idempotency_keyB\x12\n\x10_stall_timeout_s\"I\n\x16SubmitBacktestResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb6\x05\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x12\n\nticks_done\x18\x05 \x01(\x03\x12\x13\n\x0bticks_total\x18\x06 \x01(\x03\x12,\n\x08sim_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fstrategy_digest\x18\x08 \x01(\t\x12\x14\n\x0cimage_digest\x18\t \x01(\t\x12\x18\n\x10\x64\x61ta_fingerprint\x18\n \x01(\t\x12\x0f\n\x07symbols\x18\x0b \x03(\t\x12\x12\n\nstart_date\x18\x0c \x01(\t\x12\x10\n\x08\x65nd_date\x18\r \x01(\t\x12\'\n\x06params\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12%\n\x04spec\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bresult_hash\x18\x10 \x01(\t\x12\x14\n\x0cresults_path\x18\x11 \x01(\t\x12(\n\x07metrics\x18\x12 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05\x65rror\x18\x13 \x01(\t\x12\x30\n\x0csubmitted_at\x18\x14 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x0fidempotency_key\x18\x17 \x01(\tH\x00\x88\x01\x01\x12\x15\n\x08sweep_id\x18\x18 \x01(\tH\x01\x88\x01\x01\x42\x12\n\x10_idempotency_keyB\x0b\n\t_sweep_id\"o\n\x0fListJobsRequest\x12\x13\n\x06status\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06\x63ursor\x18\x03 \x01(\tH\x02\x88\x01\x01\x42\t\n\x07_statusB\x08\n\x06_limitB\t\n\x07_cursor\"^\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.tickreplay.v1.Job\x12\x18\n\x0bnext_cursor\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_next_cursor\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"3\n\x11\x43\x61ncelJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t2\x86\x03\n\nJobService\x12]\n\x0eSubmitBacktest\x12$.tickreplay.v1.SubmitBacktestRequest\x1a%.tickreplay.v1.SubmitBacktestResponse\x12:\n\x06GetJob\x12\x1c.tickreplay.v1.GetJobRequest\x1a\x12.tickreplay.v1.Job\x12K\n\x08ListJobs\x12\x1e.tickreplay.v1.ListJobsRequest\x1a\x1f.tickreplay.v1.ListJobsResponse\x12N\n\tCancelJob\x12\x1f.tickreplay.v1.CancelJobRequest\x1a .tickreplay.v1.CancelJobResponse\x12@\n\x08WatchJob\x12\x1e.tickreplay.v1.WatchJobRequest\x1a\x12.tickreplay.v1.Job0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,23 +34,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tickreplay.v1.jobs_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITBACKTESTREQUEST']._serialized_start=107
-  _globals['_SUBMITBACKTESTREQUEST']._serialized_end=629
-  _globals['_SUBMITBACKTESTRESPONSE']._serialized_start=631
-  _globals['_SUBMITBACKTESTRESPONSE']._serialized_end=704
-  _globals['_GETJOBREQUEST']._serialized_start=706
-  _globals['_GETJOBREQUEST']._serialized_end=737
-  _globals['_WATCHJOBREQUEST']._serialized_start=739
-  _globals['_WATCHJOBREQUEST']._serialized_end=772
-  _globals['_JOB']._serialized_start=775
-  _globals['_JOB']._serialized_end=1469
-  _globals['_LISTJOBSREQUEST']._serialized_start=1471
-  _globals['_LISTJOBSREQUEST']._serialized_end=1582
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1584
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1678
-  _globals['_CANCELJOBREQUEST']._serialized_start=1680
-  _globals['_CANCELJOBREQUEST']._serialized_end=1714
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1716
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1767
-  _globals['_JOBSERVICE']._serialized_start=1770
-  _globals['_JOBSERVICE']._serialized_end=2160
+  _globals['_SUBMITBACKTESTREQUEST']._serialized_end=679
+  _globals['_SUBMITBACKTESTRESPONSE']._serialized_start=681
+  _globals['_SUBMITBACKTESTRESPONSE']._serialized_end=754
+  _globals['_GETJOBREQUEST']._serialized_start=756
+  _globals['_GETJOBREQUEST']._serialized_end=787
+  _globals['_WATCHJOBREQUEST']._serialized_start=789
+  _globals['_WATCHJOBREQUEST']._serialized_end=822
+  _globals['_JOB']._serialized_start=825
+  _globals['_JOB']._serialized_end=1519
+  _globals['_LISTJOBSREQUEST']._serialized_start=1521
+  _globals['_LISTJOBSREQUEST']._serialized_end=1632
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1634
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1728
+  _globals['_CANCELJOBREQUEST']._serialized_start=1730
+  _globals['_CANCELJOBREQUEST']._serialized_end=1764
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1766
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1817
+  _globals['_JOBSERVICE']._serialized_start=1820
+  _globals['_JOBSERVICE']._serialized_end=2210
 # @@protoc_insertion_point(module_scope)

@@ -42,14 +42,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
     acts = BacktestActivities(settings, node_queue, node)
     records = JobRecordActivities(settings)
     grace = timedelta(seconds=settings.shutdown_grace_s)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+    # Shared-queue activities are short (admission polls, status writes, planning) or wait on
+    # storage (warm_cache): slots are cheap threads, and admission must not queue behind
+    # long downloads.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
         shared = Worker(client, task_queue=settings.task_queue,
                         workflows=[BacktestWorkflow, SweepWorkflow],
                         activities=[acts.resolve_strategy, acts.plan_data, acts.warm_cache,
                                     acts.publish_results, records.admit_job, records.record_job,
                                     records.record_sweep],
                         activity_executor=pool, graceful_shutdown_timeout=grace,
-                        max_concurrent_activities=8,
+                        max_concurrent_activities=32,
                         # Every activity's heartbeat timeout is 10 s: send within 2 s.
                         max_heartbeat_throttle_interval=timedelta(seconds=2),
                         default_heartbeat_throttle_interval=timedelta(seconds=2),

@@ -123,6 +123,8 @@ class BacktestWorkflow:
         status = await workflow.execute_activity(
             "admit_job", AdmitInput(job.job_id), result_type=str,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=ADMIT_RETRY)
+        if status == "CANCELLED":  # cancelled through the API before its workflow started
+            raise asyncio.CancelledError(f"job {job.job_id} was cancelled before it started")
         if status != "RUNNING":
             raise ApplicationError(f"job {job.job_id} is {status} in the job database; "
                                    "not running it", non_retryable=True)
@@ -315,6 +317,10 @@ class SweepWorkflow:
             base = sweep.base
             attrs = (search.job_attributes(base.user, "PENDING", base.strategy_digest)
                      if base.tracked else None)
+            # A tracked point must record its own end when the sweep goes (cancel, failure):
+            # asked to cancel, it does; terminated (the default), its row would stay RUNNING.
+            close = (workflow.ParentClosePolicy.REQUEST_CANCEL if base.tracked
+                     else workflow.ParentClosePolicy.TERMINATE)
             async with slots:
                 self._running += 1
                 try:
@@ -322,7 +328,7 @@ class SweepWorkflow:
                         BacktestWorkflow.run, JobInput(job_id, spec, base.bundle, base.options,
                                                        tracked=base.tracked, user=base.user,
                                                        strategy_digest=base.strategy_digest),
-                        id=job_id, search_attributes=attrs)
+                        id=job_id, search_attributes=attrs, parent_close_policy=close)
                     row.update(status="SUCCEEDED", result_hash=result.result_hash,
                                value=result.metrics.get(sweep.metric), metrics=result.metrics)
                 except ChildWorkflowError as e:
@@ -332,7 +338,17 @@ class SweepWorkflow:
                     self._done += 1
             rows[i] = row
 
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(points)))
+        if sweep.base.tracked:
+            workflow.upsert_search_attributes([search.STATUS.value_set("RUNNING")])
+        try:
+            await asyncio.gather(*(one(i, p) for i, p in enumerate(points)))
+        except (asyncio.CancelledError, CancelledError):
+            if sweep.base.tracked:  # points not started yet end CANCELLED with the sweep
+                workflow.upsert_search_attributes([search.STATUS.value_set("CANCELLED")])
+                await workflow.execute_activity(
+                    "record_sweep", SweepRecordInput(sweep.sweep_id, "CANCELLED", rows),
+                    start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
+            raise
         ok = [r for r in rows if r.get("value") is not None]
         rest = [r for r in rows if r.get("value") is None]
         ok.sort(key=lambda r: r["value"], reverse=sweep.maximize)
@@ -340,6 +356,7 @@ class SweepWorkflow:
         for rank, r in enumerate(ranked, 1):
             r["rank"] = rank
         if sweep.base.tracked:
+            workflow.upsert_search_attributes([search.STATUS.value_set("SUCCEEDED")])
             await workflow.execute_activity(
                 "record_sweep", SweepRecordInput(sweep.sweep_id, "SUCCEEDED", ranked),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=DB_RETRY)
