@@ -5,6 +5,8 @@ the real Temporal dev server behind it; schemathesis (its CLI, as an operator wo
 generates valid and invalid requests for every operation, authenticated as a real user, and
 checks that none is answered with a server error, that every status code and response body is
 one the document declares. The count of generated requests is printed for the closing note.
+The coverage phase is left out: under CPython 3.11 it sometimes dies inside hypothesis's
+lambda descriptions ("AST constructor recursion depth mismatch"), a flake of the tool itself.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ def test_schemathesis_finds_no_server_error(api: ApiStack, tmp_path: Path) -> No
     assert st, "schemathesis is a dev dependency (pip install -e '.[dev]')"
     events = tmp_path / "events.ndjson"
     proc = subprocess.run(
-        [st, "run", f"{api.url}/openapi.json", "--checks", CHECKS, "--max-examples", "25",
-         "--seed", "13", "--workers", "2", "--no-color", "--phases", "examples,coverage,fuzzing",
+        [st, "run", f"{api.url}/openapi.json", "--checks", CHECKS, "--max-examples", "60",
+         "--seed", "13", "--workers", "2", "--no-color", "--phases", "examples,fuzzing",
          "-H", f"Authorization: Bearer {api.tokens['alice']}",
          "--report", "ndjson", "--report-ndjson-path", str(events),
          "--suppress-health-check", "all", "--request-timeout", "60"],
