@@ -1,4 +1,4 @@
-"""The embedded stack behind ``tickreplay up / down / ps``: Temporal, SeaweedFS and workers.
+"""The embedded stack behind ``tickreplay up / down / ps``: Temporal, SeaweedFS, the job API, workers.
 
 Why detached processes with PID files rather than a supervisor: ``up`` must return (to a shell,
 ``make demo``, a test) while the stack keeps running, and ``down`` from another shell must stop
@@ -188,7 +188,7 @@ def up(
 def _start(state_dir: Path, ports: dict[str, int], missing: list[str],
            alive: dict[str, PidRecord], settings: Settings, deadline: float, *,
            capacity: int = 1) -> StackInfo:
-    """Start the ``missing`` parts in order (Temporal, SeaweedFS, workers).
+    """Start the ``missing`` parts in order (Temporal, SeaweedFS, the API, workers).
 
     All or nothing: if any part fails, the parts this call started are stopped and their PID
     files removed, so a failed ``up`` leaves the state dir as it found it.
