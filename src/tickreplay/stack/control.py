@@ -1,4 +1,4 @@
-"""The embedded stack behind ``tickreplay up / down / ps``: Temporal, SeaweedFS, the job API, workers.
+"""The embedded stack behind ``tickreplay up / down / ps``: Temporal, SeaweedFS, API, workers.
 
 Why detached processes with PID files rather than a supervisor: ``up`` must return (to a shell,
 ``make demo``, a test) while the stack keeps running, and ``down`` from another shell must stop
