@@ -409,22 +409,26 @@ class JobService:
 
     async def cancel(self, user: UserInfo, job_id: str) -> dict[str, Any]:
         """Ask the job's workflow to cancel (its runner is stopped; it ends CANCELLED)."""
-        from temporalio.service import RPCError, RPCStatusCode
-
         job = await asyncio.to_thread(self.store.job, job_id, user)
         if job is None:
             raise NotFound(f"job_id: no job {job_id!r}")
         if job["status"] in TERMINAL:
             raise Conflict(f"job {job_id} has already finished ({job['status']})")
-        client = await self.temporal()
+        await self._request_cancel(job_id, lambda: self.store.set_status(
+            job_id, "CANCELLED", error="cancelled before its workflow started"))
+        return {"job_id": job_id, "status": "CANCELLING"}
+
+    async def _request_cancel(self, workflow_id: str, never_started: Any) -> None:
+        """Ask Temporal to cancel ``workflow_id``; if it has no workflow (a sweep point not
+        started yet), ``never_started()`` records the end in the database instead."""
+        from temporalio.service import RPCError, RPCStatusCode
+
         try:
-            await client.get_workflow_handle(job_id).cancel()
+            await (await self.temporal()).get_workflow_handle(workflow_id).cancel()
         except RPCError as e:
             if e.status != RPCStatusCode.NOT_FOUND:
-                raise Unavailable(f"could not cancel {job_id}: {e}") from None
-            await asyncio.to_thread(self.store.set_status, job_id, "CANCELLED",
-                                    error="cancelled before its workflow started")
-        return {"job_id": job_id, "status": "CANCELLING"}
+                raise Unavailable(f"could not cancel {workflow_id}: {e}") from None
+            await asyncio.to_thread(never_started)
 
     async def artifact(self, user: UserInfo, job_id: str, name: str) -> Path:
         """A verified local copy of one result file of a SUCCEEDED job, by its URL name."""
@@ -547,19 +551,13 @@ class JobService:
 
     async def cancel_sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:
         """Cancel a sweep's workflow: its running points are cancelled, the rest end with it."""
-        from temporalio.service import RPCError, RPCStatusCode
-
         sw = await asyncio.to_thread(self.store.sweep, sweep_id, user)
         if sw is None:
             raise NotFound(f"sweep_id: no sweep {sweep_id!r}")
         if sw["status"] in TERMINAL:
             raise Conflict(f"sweep {sweep_id} has already finished ({sw['status']})")
-        try:
-            await (await self.temporal()).get_workflow_handle(sweep_id).cancel()
-        except RPCError as e:
-            if e.status != RPCStatusCode.NOT_FOUND:
-                raise Unavailable(f"could not cancel {sweep_id}: {e}") from None
-            await asyncio.to_thread(self.store.finish_sweep, sweep_id, "CANCELLED", {})
+        await self._request_cancel(sweep_id, lambda: self.store.finish_sweep(
+            sweep_id, "CANCELLED", {}))
         return {"sweep_id": sweep_id, "status": "CANCELLING"}
 
     async def sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:

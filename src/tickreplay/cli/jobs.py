@@ -102,11 +102,12 @@ def _api_only_defaults(data: str | None) -> None:
 
 
 def _execution(latency_ms: float, slippage_bps: float, commission: str, initial_cash: float,
-               seed: int, mode: str, allow_missing: bool) -> dict[str, Any]:
+               seed: int, mode: str, allow_missing: bool, stall_timeout: float
+               ) -> dict[str, Any]:
     """The simulation flags as the API's body fields (validated by ``build_config`` first)."""
     return {"latency_ms": latency_ms, "slippage_bps": slippage_bps, "commission": commission,
             "initial_cash": initial_cash, "seed": seed, "mode": mode,
-            "allow_missing": allow_missing}
+            "allow_missing": allow_missing, "stall_timeout_s": stall_timeout}
 
 
 def _api_status(job: Any) -> dict[str, Any]:
@@ -283,8 +284,7 @@ def submit(
         _api_only_defaults(data)
         spec = _spec(strategy, data, symbols, start, end, param, config)
         execution = _execution(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
-                               allow_missing)
-        execution["stall_timeout_s"] = stall_timeout
+                               allow_missing, stall_timeout)
         if job_id is not None:
             execution["job_id"] = job_id
         with api, _api_errors():
@@ -532,8 +532,7 @@ def sweep_cmd(
         _api_only_defaults(data)
         spec = _spec(strategy, data, symbols, start, end, param, config)
         execution = _execution(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
-                               allow_missing)
-        execution["stall_timeout_s"] = stall_timeout
+                               allow_missing, stall_timeout)
         with api, _api_errors():
             _sweep_api(api, spec, axes, execution, max_concurrent, metric, minimize, as_json)
         return
