@@ -5,17 +5,21 @@ PY     := $(VENV)/bin/python
 TR     := $(VENV)/bin/tickreplay
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup sandbox test test-unit bench demo chaos lint clean openapi load
+.PHONY: setup sandbox system-deps test test-unit bench demo chaos lint clean openapi load
 
 setup: $(STAMP) sandbox
 
-# bubblewrap sandboxes the runner (user code: no network, no key, one writable dir). Installed
-# from Debian's packages when missing and we are root; without it runners run unsandboxed.
-sandbox:
-	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && (apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
-	      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1)) \
-	  || echo "warning: bubblewrap not installed; runners will run without a sandbox"; }
+# Debian packages the runner and its tests need, installed when missing and we are root:
+# bubblewrap (the runner's sandbox: no network, no key, one writable dir) and docker-registry
+# (a real OCI registry for the strategy-image tests). Without them runners run unsandboxed and
+# those tests are skipped, saying why.
+DEBS := bubblewrap docker-registry
+sandbox system-deps:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1)) \
+	  || echo "warning: could not install$$missing"; }
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -175,6 +175,33 @@ class StoreError(TickreplayError):
     code = "StoreError"
 
 
+# ------------------------------------------------------------------- strategy images (OCI)
+class ImageError(TickreplayError):
+    """A strategy image reference that cannot be resolved as given (bad reference, no such
+    tag or digest, no manifest for linux/amd64, refused credentials): not retried."""
+
+    code = "ImageError"
+
+
+class ImageNotFound(ImageError):
+    """The registry has no such repository, tag or digest."""
+
+    code = "ImageNotFound"
+
+
+class RegistryAuthError(ImageError):
+    """The registry refused the credentials (or asked for ones we do not have)."""
+
+    code = "RegistryAuth"
+
+
+class RegistryUnavailable(TickreplayError):
+    """The registry did not answer (down, timeout, 5xx): retried, the tag may resolve later."""
+
+    code = "RegistryUnavailable"
+    retryable = True
+
+
 # ----------------------------------------------------------------------------- the job API
 class RequestError(TickreplayError):
     """A request the job API refuses; ``http`` is its HTTP status (the gRPC server maps it to

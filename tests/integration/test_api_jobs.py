@@ -16,11 +16,23 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from apikit import ApiStack, in_process_worker, serve_api, stack_settings
-from wfkit import ROOT
+from wfkit import ROOT, record_history
 
 from tickreplay.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+
+def _record(api: ApiStack, workflow_id: str, name: str) -> None:
+    """Keep the history as a replay fixture (tests/histories) when recording is asked for."""
+    import asyncio
+
+    from tickreplay.jobs.operations import connect
+
+    async def go() -> None:
+        await record_history(await connect(api.settings), workflow_id, name)
+
+    asyncio.run(go())
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +57,7 @@ def test_submit_poll_and_fetch_verified_results(api: ApiStack) -> None:
     assert job["progress"]["ticks_done"] == job["metrics"]["ticks"]
     assert job["user"] == "alice" and job["strategy_digest"] == api.digests["sma"]
     assert len(job["data_fingerprint"]) == 64
+    _record(api, job_id, "api_backtest_succeeded")
 
     manifest = api.http("GET", f"/v1/jobs/{job_id}/manifest").json()
     assert manifest["result_hash"] == job["result_hash"]
@@ -160,6 +173,7 @@ def test_cancel_a_running_job(api: ApiStack) -> None:
     assert r.status_code == 202
     job = api.wait(job_id, "bob")
     assert job["status"] == "CANCELLED" and job["finished_at"]
+    _record(api, job_id, "api_backtest_cancelled")
     again = api.http("POST", f"/v1/jobs/{job_id}/cancel", "bob")
     assert again.status_code == 409 and "already finished" in again.json()["detail"]
     assert api.http("GET", f"/v1/jobs/{job_id}/trades", "bob").status_code == 409
@@ -228,6 +242,7 @@ def test_sweep_runs_every_point_as_a_job(api: ApiStack) -> None:
         time.sleep(0.5)
     rows = sw["result"]["rows"]
     assert [r["rank"] for r in rows] == [1, 2] and {r["job_id"] for r in rows} == set(jobs)
+    _record(api, sweep_id, "api_sweep")
     assert all(j["status"] == "SUCCEEDED" and j["params"]["slow"] == 40 for j in sw["jobs"])
     assert api.http("GET", f"/v1/sweeps/{sweep_id}", "bob").status_code == 404
     bad = api.http("POST", "/v1/sweeps", json={**body, "grid": {"fast": ["x"]}})
@@ -253,6 +268,7 @@ def test_cancel_a_sweep_its_unstarted_points_end_and_block_no_one(api: ApiStack)
         assert time.monotonic() < deadline, sw
         time.sleep(0.3)
     assert sum(j["status"] == "CANCELLED" for j in sw["jobs"]) >= 3
+    _record(api, sweep["sweep_id"], "api_sweep_cancelled")
     again = api.http("POST", f"/v1/sweeps/{sweep['sweep_id']}/cancel", "bob")
     assert again.status_code == 409
 

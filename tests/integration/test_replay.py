@@ -1,7 +1,8 @@
 """Replay committed workflow histories against the current workflow code.
 
 The histories under tests/histories were recorded from real runs (success, strategy failure,
-SIGKILLed and SIGTERMed workers, cancel, sweep) with TICKREPLAY_RECORD_HISTORIES=1. A change to
+SIGKILLed and SIGTERMed workers, cancel, sweep; and jobs of the job API) with
+TICKREPLAY_RECORD_HISTORIES=1. A change to
 the workflows that is not deterministic against them (a new activity, a reordered step, a timer)
 fails here instead of breaking running jobs in production; guard such changes with
 ``workflow.patched``.
@@ -25,6 +26,9 @@ def test_histories_cover_the_important_paths() -> None:
     assert {"backtest_succeeded", "backtest_strategy_failed", "backtest_sigterm",
             "backtest_cancelled", "sweep"} <= names
     assert any(n.startswith("backtest_killed") for n in names)
+    # Jobs of the job API (tracked: admission, status writes, search attributes).
+    assert {"api_backtest_succeeded", "api_backtest_cancelled", "api_sweep",
+            "api_sweep_cancelled"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
