@@ -45,6 +45,13 @@ class StrategyError(TickreplayError):
     code = "StrategyError"
 
 
+class OutOfMemory(TickreplayError):
+    """The strategy's runner went over its memory cap and was stopped (not retried: the same
+    inputs need the same memory)."""
+
+    code = "OutOfMemory"
+
+
 class StrategyTimeout(TickreplayError):
     """The strategy made no progress for the stall timeout (an endless loop, a blocking call)."""
 

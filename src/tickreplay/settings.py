@@ -43,7 +43,12 @@ class Settings(BaseSettings):
     task_queue: str = "tickreplay"
     max_concurrent_runs: int = Field(default_factory=lambda: os.cpu_count() or 1)
     shutdown_grace_s: float = 45.0
-    run_memory_mb: int = Field(6144, description="RLIMIT_AS of a backtest's runner process")
+    run_memory_mb: int = Field(6144, description="Memory cap of a backtest's runner (RLIMIT_AS "
+                                                 "and its memory cgroup)")
+    run_pids_max: int = Field(256, description="Processes and threads a runner may have (its "
+                                               "pids cgroup: a fork bomb stops there)")
+    run_file_mb: int = Field(4096, description="Largest file a runner may write (RLIMIT_FSIZE)")
+    run_open_files: int = Field(1024, description="Open files of a runner (RLIMIT_NOFILE)")
     node_id: str | None = Field(None, description="Worker node name (default: host + random)")
     signing_key: str | None = Field(
         None, description="Hex HMAC key sealing checkpoints and signing manifests "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -58,8 +59,9 @@ def _spec(world: dict[str, Any], strategy: str, params: dict[str, Any]) -> Backt
                                "params": params})
 
 
-def _job(world: dict[str, Any], spec: BacktestSpec, workdir: Path) -> RunnerJob:
-    """What the worker's run_backtest sends: local paths only, no credentials."""
+def _job(world: dict[str, Any], spec: BacktestSpec, runner: Any) -> RunnerJob:
+    """What the worker's run_backtest sends: local paths only (the job's partitions staged for
+    this runner), no credentials."""
     bundle = bundle_from_spec(spec.strategy)
     params = load_strategy(bundle, spec.params)[0].params.model_dump(mode="json")
     plan = plan_data(world["store"], spec.symbols, spec.start, spec.end)
@@ -67,9 +69,10 @@ def _job(world: dict[str, Any], spec: BacktestSpec, workdir: Path) -> RunnerJob:
     paths = fetch_plan(plan, world["store"], cache)
     return RunnerJob(job_id="t", spec={**spec.model_dump(mode="json"), "params": params},
                      bundle=bundle.to_bytes().decode(), strategy_digest=bundle.digest,
-                     plan=plan.to_dict(), paths={k: str(v) for k, v in paths.items()},
+                     plan=plan.to_dict(), paths=runner.stage_inputs(paths),
                      ticks_total=0, checkpoint_every_s=3600, checkpoint_file=None,
-                     resumed_from=0, workdir=str(workdir), memory_mb=2048)
+                     resumed_from=0, workdir=str(runner.workdir), memory_mb=2048,
+                     file_mb=64, open_files=256)
 
 
 async def _drive(world: dict[str, Any], spec: BacktestSpec, until: Any = None,
@@ -80,7 +83,7 @@ async def _drive(world: dict[str, Any], spec: BacktestSpec, until: Any = None,
     runner = await pool.acquire()
     msgs: list[dict[str, Any]] = []
     try:
-        await runner.send(_job(world, spec, runner.workdir))
+        await runner.send(_job(world, spec, runner))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -174,3 +177,67 @@ def test_checkpoint_and_result_files_are_opened_without_following_symlinks(
     with pytest.raises(OSError):
         _read_regular(link)
     assert json.loads(json.dumps({"ok": True}))  # the module imported without Temporal running
+
+
+@pytest.fixture
+def another_job(world: dict[str, Any]) -> Iterator[Path]:
+    """Another job's output directory on the same node, with a result file in it."""
+    other = world["base"] / "home" / "runs" / "node" / "run-other"
+    other.mkdir(parents=True, exist_ok=True)
+    (other / "trades.csv").write_text("secret trades\n")
+    yield other / "trades.csv"
+
+
+def _attack(world: dict[str, Any], attack: str, target: str = "") -> str:
+    """Run one Escape attack and return the job's failure message (it must fail)."""
+    spec = _spec(world, f"{STRATEGIES / 'escape.py'}:Escape", {"attack": attack,
+                                                                "target": target})
+    msgs, (_, output) = asyncio.run(_drive(world, spec))
+    failed = [m for m in msgs if m["type"] == "error"]
+    assert failed and not [m for m in msgs if m["type"] == "done"], (msgs, output)
+    return str(failed[0]["message"])
+
+
+@pytest.mark.parametrize("attack, target, refused", [
+    ("connect", "LISTENER", "Connection refused"),  # a socket to a port on the host
+    ("connect", "S3", "Connection refused"),  # the object store the worker uses
+    ("read", "/etc/shadow", "Permission denied"),  # the host's private files: a dead stand-in
+    ("read", "OTHER_JOB", "No such file"),  # another job's output directory
+    ("read", "STACK_ENV", "No such file"),  # the stack's S3 credentials file
+    ("read", "SIGNING_KEY", "No such file"),  # the platform key
+    ("read", "WORKER_ENV", "No such file"),  # the worker's environment: another pid namespace
+    ("read", "OTHER_PARTITION", "No such file"),  # a partition of the cache it was not given
+    ("write", "/etc/tickreplay-was-here", "Read-only file system"),
+    ("write", "/tmp/x", "Read-only file system"),
+    ("write", "HOME_FILE", "Read-only file system"),
+    ("fork", "", "fork stopped after"),
+    ("allocate", "20", "out of memory"),
+    ("system", "id > /dev/null 2>&1", "os.system returned 32512"),  # no shell to run
+])
+def test_hostile_strategies_fail_only_their_own_job(
+        world: dict[str, Any], listener: str, another_job: Path, attack: str, target: str,
+        refused: str) -> None:
+    """Each attack fails its job with a message saying how it was refused; the next job on
+    the same node still runs (the sandbox is per runner, the worker unharmed)."""
+    settings = world["settings"]
+    settings.home.mkdir(parents=True, exist_ok=True)
+    (settings.home / "stack.env").write_text("TICKREPLAY_S3_SECRET_KEY=top-secret\n")
+    cache = settings.resolved_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    unrelated = cache / "another-jobs-partition.parquet"  # in the node cache, not this job's
+    unrelated.write_bytes(b"PAR1")
+    target = {"LISTENER": listener, "S3": "http://127.0.0.1:8333",
+              "OTHER_JOB": str(another_job), "STACK_ENV": str(settings.home / "stack.env"),
+              "SIGNING_KEY": str(settings.home / "signing.key"),
+              "OTHER_PARTITION": str(unrelated),
+              "HOME_FILE": str(settings.home / "planted"),
+              "WORKER_ENV": f"/proc/{os.getpid()}/environ"}.get(target, target)
+    message = _attack(world, attack, target)
+    assert refused in message, message
+    if attack == "allocate":
+        assert "2048 MB" in message  # the cap it hit, named
+    # The node is unharmed: a normal job right after runs to the end.
+    msgs, _ = asyncio.run(_drive(world, _spec(world, str(STRATEGIES.parent.parent / "examples"
+                                                         / "sma_cross.py"),
+                                               {"fast": 5, "slow": 20})))
+    assert [m for m in msgs if m["type"] == "done"]

@@ -23,6 +23,7 @@ from tickreplay.activities.errors import reported_error, reports_errors
 from tickreplay.activities.node import HEARTBEAT_EVERY_S, NodeContext, read_regular
 from tickreplay.errors import (
     IntegrityError,
+    OutOfMemory,
     ResultsError,
     RunnerDied,
     SpecError,
@@ -74,7 +75,7 @@ class RunActivity(NodeContext):
         runner = await self.pool.acquire()
         try:
             job = await self._while_beating(
-                asyncio.to_thread(self._prepare_run, inp, state, runner.workdir), state)
+                asyncio.to_thread(self._prepare_run, inp, state, runner), state)
             await runner.send(job)
             return await self._drive(inp, runner, state)
         except asyncio.CancelledError:
@@ -92,8 +93,11 @@ class RunActivity(NodeContext):
                 return task.result()
             self._beat(state)
 
-    def _prepare_run(self, inp: t.RunInput, state: t.RunHeartbeat, workdir: Path) -> RunnerJob:
-        """Everything the runner reads, as local files; the checkpoint is checked here."""
+    def _prepare_run(self, inp: t.RunInput, state: t.RunHeartbeat, runner: RunnerProcess
+                     ) -> RunnerJob:
+        """Everything the runner reads, as local files; the checkpoint is checked here. Of the
+        node's cache, only this job's partitions are staged where the runner can see them."""
+        workdir = runner.workdir
         from tickreplay.integrity import open_checkpoint
         from tickreplay.strategy.loader import StrategyBundle
 
@@ -105,7 +109,7 @@ class RunActivity(NodeContext):
             raise SpecError(f"strategy object {inp.strategy.key} does not hash to "
                             f"{inp.strategy.digest}")
         plan = self._load_plan(inp.plan.key)
-        paths = self._fetch_data(plan)
+        paths = runner.stage_inputs(self._fetch_data(plan))
         ckpt_file = None
         for key in self._resume_candidates(inp.job_id, state.checkpoint_key):
             try:
@@ -128,11 +132,12 @@ class RunActivity(NodeContext):
         return RunnerJob(
             job_id=inp.job_id, spec=inp.spec, bundle=raw.decode(),
             strategy_digest=inp.strategy.digest, plan=plan.to_dict(),
-            paths={k: str(v) for k, v in paths.items()}, ticks_total=inp.ticks_total,
+            paths=paths, ticks_total=inp.ticks_total,
             checkpoint_every_s=inp.options.checkpoint_every_s,
             checkpoint_file=str(ckpt_file) if ckpt_file else None,
             resumed_from=state.ticks_done, workdir=str(workdir),
-            memory_mb=self.settings.run_memory_mb)
+            memory_mb=self.settings.run_memory_mb, file_mb=self.settings.run_file_mb,
+            open_files=self.settings.run_open_files)
 
     def _resume_candidates(self, job_id: str, named: str | None, newest: int = 3) -> list[str]:
         """Checkpoints to try, newest first: the newest stored ones and the heartbeat's.
@@ -188,6 +193,11 @@ class RunActivity(NodeContext):
                         raise WorkerShutdown(
                             f"worker shutting down; checkpoint at {state.ticks_done} ticks",
                             details=dataclasses.asdict(state))
+                    if runner.oom_killed():
+                        self._fail(inp.job_id, protocol.Failed(
+                            kind=OutOfMemory.code, message=f"out of memory: the strategy went "
+                            f"over the {self.settings.run_memory_mb} MB memory cap and was "
+                            f"stopped at tick {state.progress}"), runner)
                     raise RunnerDied(
                         f"runner exited with code {code} without a result"
                         f"{f' ({runner.bad_lines} invalid protocol lines)' if runner.bad_lines else ''}"

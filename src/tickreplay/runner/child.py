@@ -31,7 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from tickreplay.errors import ResultsError, RunnerError, classify
+from tickreplay.errors import OutOfMemory, ResultsError, RunnerError, classify
 from tickreplay.osutil import atomic_write
 from tickreplay.runner.protocol import (
     STOP,
@@ -170,6 +170,18 @@ def preload() -> None:
     import tickreplay.spec  # noqa: F401
 
 
+def _limit(job: RunnerJob) -> None:
+    """The job's rlimits, set before any strategy code runs: address space, size of any file
+    written, open files. (Processes are capped by the runner's pids cgroup: RLIMIT_NPROC does
+    not bind root.) A strategy cannot raise them again: hard limits only go down."""
+    mb = 1024 * 1024
+    for which, value in ((resource.RLIMIT_AS, job.memory_mb * mb),
+                         (resource.RLIMIT_FSIZE, job.file_mb * mb),
+                         (resource.RLIMIT_NOFILE, job.open_files)):
+        if value > 0:
+            resource.setrlimit(which, (value, value))
+
+
 def main() -> None:
     """Read the job from the channel, run it, report on the channel; exit code says how it ended."""
     ap = argparse.ArgumentParser()
@@ -180,9 +192,7 @@ def main() -> None:
     if not line:  # the worker shut down before giving this spare runner a job
         os._exit(0)
     job = RunnerJob.model_validate_json(line)
-    mem_mb = job.memory_mb
-    if mem_mb > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (mem_mb * 1024 * 1024, mem_mb * 1024 * 1024))
+    _limit(job)
     stop = threading.Event()
     threading.Thread(target=_watch, args=(chan, stop), daemon=True).start()
     try:
@@ -191,6 +201,9 @@ def main() -> None:
         kind, retryable = classify(e)
         # Our own errors are named by ``kind``; only a foreign exception needs its type name.
         msg = f"{type(e).__name__}: {e}" if kind == RunnerError.code else str(e)
+        if _out_of_memory(e):
+            kind, msg = OutOfMemory.code, (f"out of memory: the strategy went over the "
+                                           f"{job.memory_mb} MB memory cap ({msg})")
         try:
             chan.send(Failed(kind=kind, retryable=retryable, message=msg,
                              traceback="".join(traceback.format_exception(e))))
@@ -200,6 +213,15 @@ def main() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """A MemoryError, or one the engine wrapped as the strategy's error."""
+    while e is not None:
+        if isinstance(e, MemoryError):
+            return True
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    return False
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tickreplay.osutil import die_with_parent, kill_group
 from tickreplay.runner.protocol import Message, RunnerJob, decode, encode
@@ -64,33 +65,82 @@ def sandbox_mode(settings: Settings) -> str:
     return mode
 
 
-def runner_command(settings: Settings, workdir: Path, fd: int) -> list[str]:
-    """The argv of a runner: the child module, wrapped in bubblewrap unless disabled."""
+def runner_command(settings: Settings, workdir: Path, fd: int, inputs: Path) -> list[str]:
+    """The argv of a runner: the child module, wrapped in bubblewrap unless disabled; of the
+    data, only ``inputs`` (the job's own partitions, staged there) is visible, read-only."""
     return sandboxed(settings, workdir,
-                     [sys.executable, "-m", "tickreplay.runner.child", "--fd", str(fd)])
+                     [sys.executable, "-m", "tickreplay.runner.child", "--fd", str(fd)],
+                     readonly=[inputs])
 
 
-def sandboxed(settings: Settings, workdir: Path, child: list[str]) -> list[str]:
-    """``child`` wrapped in bubblewrap (unless disabled): no network, the state dir hidden,
-    ``workdir`` the one writable place."""
+# Programs a strategy could run (os.system, subprocess): hidden in the sandbox.
+_PROGRAM_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin")
+# Where the host keeps files only their owner may read (shadow passwords, host keys, other
+# services' data): those are hidden too, since root in the sandbox maps to the worker's user.
+_PRIVATE_ROOTS = ("/etc", "/var/lib", "/var/log", "/root", "/home", "/srv", "/opt")
+
+
+def sandboxed(settings: Settings, workdir: Path, child: list[str],
+              readonly: list[Path] | None = None) -> list[str]:
+    """``child`` wrapped in bubblewrap (unless disabled): new user/pid/net/ipc/uts namespaces
+    (no network at all), the platform read-only, the state dir, programs and private files
+    hidden, ``readonly`` visible read-only and ``workdir`` the one writable place."""
     if sandbox_mode(settings) != "bwrap":
         return child
     home = settings.home.resolve()
-    cache = settings.resolved_cache_dir().resolve()
-    cache.mkdir(parents=True, exist_ok=True)
     hidden = [Path("/tmp"), home]
     argv = ["bwrap", "--die-with-parent", "--unshare-all", "--new-session",
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
             "--tmpfs", str(home)]  # hides signing.key and the stack's state
+    for kind, path in _private_and_programs():
+        hidden.append(path)
+        argv += (["--tmpfs", str(path)] if kind == "dir"
+                 else ["--ro-bind", "/dev/null", str(path)])
     # The interpreter and the code it imports stay visible even when they live under a
-    # hidden directory (a checkout or venv in /tmp, say): read-only.
-    for path in _code_paths(keep_hidden=home):
+    # hidden directory (a checkout or venv in /tmp or /root, say): read-only.
+    interpreter = Path(os.path.realpath(sys.executable))
+    for path in [*_code_paths(keep_hidden=home), interpreter]:
         if any(path.is_relative_to(h) for h in hidden):
             argv += ["--ro-bind", str(path), str(path)]
-    argv += ["--ro-bind", str(cache), str(cache),  # partitions: read-only
-             "--bind", str(workdir), str(workdir),  # the one writable place
+    for path in readonly or []:
+        argv += ["--ro-bind", str(path), str(path)]
+    argv += ["--bind", str(workdir), str(workdir),  # the one writable place
+             # the empty /tmp and state dir stay empty: nothing written outside workdir
+             "--remount-ro", "/tmp", "--remount-ro", str(home),
              "--chdir", str(workdir), "--", *child]
     return argv
+
+
+def _private_and_programs() -> list[tuple[str, Path]]:
+    """``("dir" | "file", path)`` to hide: program directories, and entries (two levels deep)
+    of the private roots that others may not read."""
+    found: list[tuple[str, Path]] = [("dir", Path(d)) for d in _PROGRAM_DIRS
+                                     if os.path.isdir(d) and not os.path.islink(d)]
+
+    def walk(base: str, depth: int) -> None:
+        try:
+            entries = list(os.scandir(base))
+        except OSError:
+            return
+        for e in entries:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if e.is_symlink():
+                continue
+            is_dir = e.is_dir(follow_symlinks=False)
+            if not st.st_mode & 0o004 or (is_dir and not st.st_mode & 0o001):
+                found.append(("dir" if is_dir else "file", Path(e.path)))
+            elif is_dir and depth > 1:
+                walk(e.path, depth - 1)
+
+    for root in _PRIVATE_ROOTS:
+        if os.path.isdir(root) and not os.stat(root).st_mode & 0o004:
+            found.append(("dir", Path(root)))
+        else:
+            walk(root, 2)
+    return found
 
 
 def _code_paths(keep_hidden: Path) -> list[Path]:
@@ -127,26 +177,63 @@ class RunnerProcess:
         self.stderr = BoundedOutput()
         self.messages: asyncio.Queue[Message | None] = asyncio.Queue()
         self.bad_lines = 0  # lines on the channel that were not a valid message
+        self.inputs = workdir.with_name(workdir.name + ".inputs")
+        self.cgroup: Any = None
         self._tasks = [asyncio.ensure_future(self._pump(proc.stdout, self.stdout)),
                        asyncio.ensure_future(self._pump(proc.stderr, self.stderr)),
                        asyncio.ensure_future(self._read_channel())]
 
     @classmethod
     async def spawn(cls, settings: Settings, runs_dir: Path) -> RunnerProcess:
+        from tickreplay.runner.limits import RunnerCgroup
+
         runs_dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
+        inputs = workdir.with_name(workdir.name + ".inputs")
+        inputs.mkdir()
+        cgroup = RunnerCgroup.create(settings.run_pids_max, settings.run_memory_mb * 1024**2)
+
+        def in_child() -> None:  # before exec: die with the worker, join the runner's cgroup
+            die_with_parent()
+            cgroup.join()
+
         ours, theirs = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *runner_command(settings, workdir, theirs.fileno()),
+                *runner_command(settings, workdir, theirs.fileno(), inputs),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=runner_env(workdir),
-                pass_fds=(theirs.fileno(),), preexec_fn=die_with_parent,
+                pass_fds=(theirs.fileno(),), preexec_fn=in_child,
                 start_new_session=True, cwd=workdir)
+        except BaseException:
+            cgroup.close()
+            raise
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=2**24)
-        return cls(proc, reader, writer, workdir)
+        runner = cls(proc, reader, writer, workdir)
+        runner.inputs, runner.cgroup = inputs, cgroup
+        return runner
+
+    def stage_inputs(self, paths: dict[str, Path]) -> dict[str, str]:
+        """Make the job's partitions (files of the node cache) visible to this runner, and
+        only those: hard links in its read-only inputs directory (a copy across filesystems).
+
+        Returns the paths the runner reads them at.
+        """
+        out: dict[str, str] = {}
+        for i, (key, src) in enumerate(sorted(paths.items())):
+            dest = self.inputs / f"{i:05d}.parquet"
+            try:
+                os.link(src, dest)
+            except OSError:
+                shutil.copyfile(src, dest)
+            out[key] = str(dest)
+        return out
+
+    def oom_killed(self) -> bool:
+        """Whether the runner's memory cap killed it."""
+        return self.cgroup.oom_killed()
 
     async def _pump(self, stream: asyncio.StreamReader | None, sink: BoundedOutput) -> None:
         if stream is None:
@@ -198,7 +285,10 @@ class RunnerProcess:
         self.writer.close()
         for t in self._tasks:
             t.cancel()
+        if self.cgroup is not None:
+            self.cgroup.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.inputs, ignore_errors=True)
 
 
 class RunnerPool:
@@ -235,5 +325,8 @@ class RunnerPool:
                 return
             runner.writer.close()
             await runner.wait()
+            if runner.cgroup is not None:
+                runner.cgroup.close()
             shutil.rmtree(runner.workdir, ignore_errors=True)
+            shutil.rmtree(runner.inputs, ignore_errors=True)
             self._spare = None

@@ -39,7 +39,9 @@ class RunnerJob(_Message):
     checkpoint_every_s: float
     checkpoint_file: str | None = None
     resumed_from: int = 0
-    memory_mb: int = 0
+    memory_mb: int = 0  # RLIMIT_AS (0: none)
+    file_mb: int = 0  # RLIMIT_FSIZE (0: none)
+    open_files: int = 0  # RLIMIT_NOFILE (0: the inherited one)
 
 
 class Started(_Message):
