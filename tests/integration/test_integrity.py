@@ -244,6 +244,21 @@ async def test_a_slow_strategy_is_not_taken_for_a_stuck_one(
     assert result.status == "SUCCEEDED" and result.metrics["ticks"] == 4000
 
 
+async def test_a_run_past_its_deadline_is_stopped_and_fails_as_a_timeout(
+        isettings: Settings, workers: list, tmp_path: Path) -> None:
+    """A strategy that keeps making progress, only too slowly for its wall-clock budget."""
+    client = await jobs.connect(isettings)
+    workers.append(spawn_worker(isettings, tmp_path / "w1.log"))
+    spec = busy_spec(isettings, every=500).model_copy(
+        update={"strategy": f"{STRATEGIES / 'stuck.py'}:Slow", "params": {"work": 50_000}})
+    job = jobs.prepare(spec, options=JobOptions(deadline_s=3))
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for((await jobs.submit(client, isettings, job)).result(), 120)
+    st = await jobs.status(client, job.job_id)
+    assert st["status"] == "FAILED" and st["placements"] == 1  # not retried elsewhere
+    assert "deadline: the run was still going after 3 s" in st["error"], st["error"]
+
+
 # ------------------------------------------------------------------ 8. damaged partitions
 def _damage(kind: str, good: bytes) -> bytes:
     if kind == "empty":

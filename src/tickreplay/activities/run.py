@@ -165,7 +165,7 @@ class RunActivity(NodeContext):
         upload: asyncio.Future[tuple[str, int]] | None = None
         pending: int | None = None  # ticks of the newest checkpoint not uploaded yet
         last_signal = 0.0
-        last_move = time.monotonic()
+        started = last_move = time.monotonic()
         last_pos: tuple[Any, ...] | None = None
         stopping = False
         try:
@@ -254,6 +254,13 @@ class RunActivity(NodeContext):
                         kind=StrategyTimeout.code, message=f"no progress for "
                         f"{inp.options.stall_timeout_s:.0f} s (strategy stuck in a loop?) {where}"),
                         runner)
+                if now - started > inp.options.deadline_s:
+                    runner.kill()
+                    await runner.wait()
+                    self._fail(inp.job_id, protocol.Failed(
+                        kind=StrategyTimeout.code, message=f"deadline: the run was still going "
+                        f"after {inp.options.deadline_s:.0f} s (at tick {state.progress} of "
+                        f"{inp.ticks_total}); stopped"), runner)
                 self._beat(state)
                 if now - last_signal >= SIGNAL_EVERY_S:
                     last_signal = now

@@ -76,6 +76,8 @@ class JobRequest(ExecutionSettings):
     checkpoint_every_s: float = Field(30.0, ge=0.1, le=86_400)
     stall_timeout_s: float = Field(600.0, ge=1, le=7 * 86_400,
                                    description="Fail a run whose strategy stops making progress")
+    deadline_s: float = Field(86_400.0, ge=1, le=6 * 86_400,
+                              description="Wall-clock budget of a run attempt (a timeout)")
     allow_missing: bool = Field(False, description="Run without symbols that have no data")
 
     @model_validator(mode="after")

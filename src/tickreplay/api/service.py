@@ -330,7 +330,7 @@ class JobService:
         from tickreplay.workflows.types import JobInput, JobOptions
 
         options = JobOptions(checkpoint_every_s=req.checkpoint_every_s,
-                             stall_timeout_s=req.stall_timeout_s)
+                             stall_timeout_s=req.stall_timeout_s, deadline_s=req.deadline_s)
         return JobInput(job_id, spec, bundle, options, tracked=True, user=user.name,
                         strategy_digest=req.strategy)
 

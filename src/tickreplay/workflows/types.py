@@ -27,6 +27,9 @@ class JobOptions:
     schedule_to_start_s: float = 60.0
     max_run_s: float = 7 * 24 * 3600.0
     stall_timeout_s: float = 600.0
+    # Wall-clock budget of one run attempt: a strategy still working after it is stopped and
+    # the job fails as a timeout (not retried), before Temporal's own start-to-close would.
+    deadline_s: float = 24 * 3600.0
     max_placements: int = 50
     # Failures of a run that are neither a lost node nor the job's own fault (storage gone
     # for longer than the in-activity outage budget, a runner crash) are retried with
