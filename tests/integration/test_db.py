@@ -68,15 +68,17 @@ def test_migrations_go_up_and_down_and_match_the_models(engine: Engine) -> None:
     assert current(engine) is None and _tables(engine) == set()
     upgrade(engine)
     upgrade(engine)  # idempotent at head
-    assert current(engine) == "0002" and _tables(engine) == TABLES
+    assert current(engine) == "0003" and _tables(engine) == TABLES
     insp = inspect(engine)
     for table in Base.metadata.sorted_tables:  # the ORM mirrors what the migration made
         assert {c["name"] for c in insp.get_columns(table.name)} == set(table.columns.keys())
-    downgrade(engine, "0001")  # one step down and up again: 0002 is reversible on its own
+    downgrade(engine, "0002")
+    assert "queued_at" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+    downgrade(engine, "0001")  # step by step down and up again: each is reversible alone
     assert current(engine) == "0001" and _tables(engine) == TABLES - {"sweeps"}
     assert "idempotency_key" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
     upgrade(engine)
-    assert current(engine) == "0002"
+    assert current(engine) == "0003"
     downgrade(engine, "base")
     assert current(engine) is None and _tables(engine) == set()
 

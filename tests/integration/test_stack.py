@@ -92,7 +92,7 @@ def test_cli_up_ps_second_up_is_noop_down_stops_all(state_dir: Path) -> None:
     from tickreplay.db.migrate import current
     from tickreplay.db.store import open_engine
 
-    assert current(open_engine(f"sqlite:///{state_dir / 'tickreplay.db'}")) == "0002"
+    assert current(open_engine(f"sqlite:///{state_dir / 'tickreplay.db'}")) == "0003"
     assert f"http://127.0.0.1:{ports['ui_port']}" in first.output
     assert f"http://127.0.0.1:{ports['s3_port']}" in first.output
 

@@ -20,7 +20,6 @@ def upgrade() -> None:
         b.add_column(sa.Column("idempotency_key", sa.String(200)))
         b.add_column(sa.Column("request_sha256", sa.String(64), nullable=False, server_default=""))
         b.add_column(sa.Column("sweep_id", sa.String(200)))
-        b.add_column(sa.Column("queued_at", sa.DateTime(timezone=True)))
         b.create_index("ux_jobs_user_idempotency", ["user_id", "idempotency_key"], unique=True)
         b.create_index("ix_jobs_sweep", ["sweep_id"])
     with op.batch_alter_table("users") as b:
@@ -46,7 +45,6 @@ def downgrade() -> None:
     with op.batch_alter_table("jobs") as b:
         b.drop_index("ix_jobs_sweep")
         b.drop_index("ux_jobs_user_idempotency")
-        b.drop_column("queued_at")
         b.drop_column("sweep_id")
         b.drop_column("request_sha256")
         b.drop_column("idempotency_key")
