@@ -305,18 +305,9 @@ def submit(
             await do_submit(client, settings, job)
         except JobConflictError as e:
             raise fail(str(e), 1) from None
-        if not wait:
-            if as_json:
-                sys.stdout.write(json.dumps({"job_id": job.job_id}) + "\n")
-            else:
-                console.print(job.job_id)
+        if not _submitted(job.job_id, wait, as_json):
             return
-        if not as_json:
-            err.print(f"submitted {job.job_id}")
-        st = await _wait(client, job.job_id, show_progress=not as_json)
-        _print_status(st, as_json)
-        if st["status"] != "SUCCEEDED":
-            raise typer.Exit(1)
+        _finished(await _wait(client, job.job_id, show_progress=not as_json), as_json)
 
     _run(go())
 
@@ -332,15 +323,25 @@ def _submit_api(api: Any, spec: Any, execution: dict[str, Any], checkpoint_every
         raise fail(str(e)) from None
     job = api.submit(digest, list(spec.symbols), spec.start, spec.end, spec.params,
                      checkpoint_every_s=checkpoint_every, **execution)
+    if _submitted(job.job_id, wait, as_json):
+        _finished(_wait_api(job, show_progress=not as_json), as_json)
+
+
+def _submitted(job_id: str, wait: bool, as_json: bool) -> bool:
+    """Print the new job's id (without ``--wait``: the whole output); whether to wait on."""
     if not wait:
         if as_json:
-            sys.stdout.write(json.dumps({"job_id": job.job_id}) + "\n")
+            sys.stdout.write(json.dumps({"job_id": job_id}) + "\n")
         else:
-            console.print(job.job_id)
-        return
+            console.print(job_id)
+        return False
     if not as_json:
-        err.print(f"submitted {job.job_id}")
-    st = _wait_api(job, show_progress=not as_json)
+        err.print(f"submitted {job_id}")
+    return True
+
+
+def _finished(st: dict[str, Any], as_json: bool) -> None:
+    """Print the final status; exit 1 unless the job SUCCEEDED."""
     _print_status(st, as_json)
     if st["status"] != "SUCCEEDED":
         raise typer.Exit(1)
