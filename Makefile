@@ -10,16 +10,22 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP) sandbox
 
 # Debian packages the runner and its tests need, installed when missing and we are root:
-# bubblewrap (the runner's sandbox: no network, no key, one writable dir) and docker-registry
-# (a real OCI registry for the strategy-image tests). Without them runners run unsandboxed and
-# those tests are skipped, saying why.
-DEBS := bubblewrap docker-registry
+# bubblewrap (the runner's sandbox: no network, no key, one writable dir), docker-registry
+# (a real OCI registry for the strategy-image tests), podman with runc and its helpers, and
+# debootstrap (the runner image's local base: nothing can be pulled here). podman as root needs
+# runner_image/containers.conf (runc, cgroupfs, file events, ulimits it can grant), written to
+# /etc/containers when none is there. Without them runners run unsandboxed and those tests are
+# skipped, saying why.
+DEBS := bubblewrap docker-registry podman buildah runc catatonit fuse-overlayfs slirp4netns \
+        uidmap containernetworking-plugins skopeo debootstrap
 sandbox system-deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && (apt-get install -y -q $$missing >/dev/null 2>&1 || \
 	      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1)) \
 	  || echo "warning: could not install$$missing"; }
+	@[ "$$(id -u)" != 0 ] || [ -f /etc/containers/containers.conf ] || \
+	  { mkdir -p /etc/containers && cp runner_image/containers.conf /etc/containers/; }
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
