@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 TR     := $(VENV)/bin/tickreplay
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup sandbox system-deps test test-unit bench demo chaos lint clean openapi load
+.PHONY: setup sandbox system-deps test test-unit bench demo chaos lint clean openapi load runner-image runner-lock
 
 setup: $(STAMP) sandbox
 
@@ -69,6 +69,14 @@ proto: setup
 # all must succeed; prints submit latency, wall time and the peak RUNNING per user.
 load: setup
 	$(PY) benchmarks/load.py --jobs $(or $(JOBS),200) --users $(or $(USERS),4)
+
+# The runner's container image, built offline with podman (local Debian base, locked
+# wheelhouse); skipped when its inputs have not changed. `runner-lock` re-pins the lock.
+runner-image: setup
+	$(PY) runner_image/build.py
+
+runner-lock: setup
+	$(PY) runner_image/build.py --lock
 
 demo: setup
 	$(PY) -m tickreplay.cli.demo
