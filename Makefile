@@ -84,7 +84,7 @@ demo: setup
 # ruff, the import-layer contracts (pyproject [tool.importlinter]) and mypy on engine/,
 # workflows/ and runner/ ([tool.mypy]). CI runs it before the tests.
 lint: setup
-	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff check src tests examples benchmarks runner_image
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/mypy
 
