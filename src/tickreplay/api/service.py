@@ -39,6 +39,7 @@ from tickreplay.errors import (
     TooLarge,
     Unavailable,
 )
+from tickreplay.jobs.operations import new_job_id
 from tickreplay.settings import Settings
 
 log = logging.getLogger("tickreplay.api")
@@ -47,7 +48,7 @@ MAX_BUNDLE_BYTES = 1_000_000
 MAX_SWEEP_POINTS = 1000
 # Result files a job exposes, by the name in the URL.
 ARTIFACTS = {"trades": "trades.parquet", "trades.csv": "trades.csv", "equity": "equity.parquet",
-             "metrics": "metrics.json", "logs": "logs.jsonl", "manifest": "manifest.json"}
+             "metrics": "metrics.json", "manifest": "manifest.json"}
 
 
 def encode_cursor(job: dict[str, Any]) -> str:
@@ -70,8 +71,12 @@ def request_digest(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+def _same_body(existing: dict[str, Any], digest: str) -> dict[str, Any]:
+    """The job an Idempotency-Key named, if the body is the same; else a Conflict."""
+    if existing["request_sha256"] != digest:
+        raise Conflict(f"Idempotency-Key: already used for job {existing['job_id']} with a "
+                       "different body")
+    return existing
 
 
 class _Lru(OrderedDict[str, Any]):
@@ -290,11 +295,11 @@ class JobService:
             existing = await asyncio.to_thread(self.store.by_idempotency_key, user,
                                                idempotency_key)
             if existing is not None:
-                return await self._same(user, existing, digest, "Idempotency-Key"), False
+                return _same_body(existing, digest), False
         bundle = await self._bundle(req.strategy)
         params = await self._params(req.strategy, bundle, req.params)
         spec = await self._spec(req, bundle, params)
-        job_id = req.job_id or new_id("bt")
+        job_id = req.job_id or new_job_id()
         try:
             created = await asyncio.to_thread(
                 self.store.create_job, user, job_id, spec, req.strategy,
@@ -304,7 +309,7 @@ class JobService:
                                                idempotency_key or "")
             if existing is None:
                 raise
-            return await self._same(user, existing, digest, "Idempotency-Key"), False
+            return _same_body(existing, digest), False
         if not created:
             theirs = await asyncio.to_thread(self.store.job_record, job_id)
             if theirs is None or theirs["user"] != user.name:
@@ -317,13 +322,6 @@ class JobService:
         job = await asyncio.to_thread(self.store.job, job_id, user)
         assert job is not None
         return job, True
-
-    async def _same(self, user: UserInfo, existing: dict[str, Any], digest: str,
-                    what: str) -> dict[str, Any]:
-        if existing["request_sha256"] != digest:
-            raise Conflict(f"{what}: already used for job {existing['job_id']} with a "
-                           "different body")
-        return existing
 
     def _job_input(self, user: UserInfo, job_id: str, spec: dict[str, Any],
                    bundle: dict[str, Any], req: JobRequest) -> Any:
@@ -365,11 +363,22 @@ class JobService:
             raise Unavailable(f"could not start the job's workflow: {e}") from None
 
     # ------------------------------------------------------------------------- reading
-    async def get(self, user: UserInfo, job_id: str, *, live: bool = True) -> dict[str, Any]:
-        """The job, with live progress from its workflow while it is pending or running."""
+    async def _visible_job(self, user: UserInfo, job_id: str) -> dict[str, Any]:
+        """The job's row if ``user`` may see it; NotFound alike for a missing or foreign one."""
         job = await asyncio.to_thread(self.store.job, job_id, user)
         if job is None:
             raise NotFound(f"job_id: no job {job_id!r}")
+        return job
+
+    async def _visible_sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:
+        sw = await asyncio.to_thread(self.store.sweep, sweep_id, user)
+        if sw is None:
+            raise NotFound(f"sweep_id: no sweep {sweep_id!r}")
+        return sw
+
+    async def get(self, user: UserInfo, job_id: str, *, live: bool = True) -> dict[str, Any]:
+        """The job, with live progress from its workflow while it is pending or running."""
+        job = await self._visible_job(user, job_id)
         job["progress"] = {}
         job["links"] = {name: f"/v1/jobs/{job_id}/{name}" for name in
                         ("trades", "equity", "metrics", "logs", "manifest")}
@@ -409,9 +418,7 @@ class JobService:
 
     async def cancel(self, user: UserInfo, job_id: str) -> dict[str, Any]:
         """Ask the job's workflow to cancel (its runner is stopped; it ends CANCELLED)."""
-        job = await asyncio.to_thread(self.store.job, job_id, user)
-        if job is None:
-            raise NotFound(f"job_id: no job {job_id!r}")
+        job = await self._visible_job(user, job_id)
         if job["status"] in TERMINAL:
             raise Conflict(f"job {job_id} has already finished ({job['status']})")
         await self._request_cancel(job_id, lambda: self.store.set_status(
@@ -438,9 +445,7 @@ class JobService:
 
     async def result_file(self, user: UserInfo, job_id: str, filename: str) -> Path:
         """A verified local copy of ``filename``: ``manifest.json`` or a file it lists."""
-        job = await asyncio.to_thread(self.store.job, job_id, user)
-        if job is None:
-            raise NotFound(f"job_id: no job {job_id!r}")
+        job = await self._visible_job(user, job_id)
         if job["status"] != "SUCCEEDED":
             raise Conflict(f"job {job_id} is {job['status']}: results exist once it SUCCEEDED")
         local = self.settings.home / "api-results" / job_id
@@ -469,9 +474,7 @@ class JobService:
         """Events, the error with its traceback, and the strategy's log records."""
         from tickreplay.jobs.operations import job_logs
 
-        job = await asyncio.to_thread(self.store.job, job_id, user)
-        if job is None:
-            raise NotFound(f"job_id: no job {job_id!r}")
+        await self._visible_job(user, job_id)  # 404 unless the caller may see it
         logs = await self._s3(lambda: job_logs(self.settings, job_id), "read the logs")
         logs["db_events"] = await asyncio.to_thread(self.store.events, job_id)
         return dict(logs)
@@ -493,13 +496,12 @@ class JobService:
     # -------------------------------------------------------------------------- sweeps
     async def submit_sweep(self, user: UserInfo, req: SweepRequest) -> dict[str, Any]:
         """Record every grid point as a PENDING job and start the SweepWorkflow."""
-        import itertools
+        from tickreplay.workflows.types import grid_points, sweep_job_id
 
         keys = sorted(req.grid)
         if any(not req.grid[k] for k in keys):
             raise InvalidRequest("grid: every axis needs at least one value")
-        points = [dict(zip(keys, values)) for values in
-                  itertools.product(*(req.grid[k] for k in keys))]
+        points = grid_points(req.grid)
         if len(points) > MAX_SWEEP_POINTS:
             raise TooLarge(f"grid: {len(points)} points; at most {MAX_SWEEP_POINTS}")
         bundle = await self._bundle(req.strategy)
@@ -515,11 +517,10 @@ class JobService:
             for k in keys:
                 if result[k] not in typed[k]:
                     typed[k].append(result[k])
-        sweep_id = new_id("sweep")
-        # The workflow names its children f"{sweep_id}-p{i:03d}" over the same product order.
-        order = [dict(zip(keys, values)) for values in itertools.product(*(typed[k] for k in keys))]
-        jobs = [(f"{sweep_id}-p{i:03d}", {**spec, "params": {**base_params, **p}})
-                for i, p in enumerate(order)]
+        sweep_id = new_job_id("sweep")
+        # The rows the workflow will start: the same ids over the same order of the grid.
+        jobs = [(sweep_job_id(sweep_id, i), {**spec, "params": {**base_params, **p}})
+                for i, p in enumerate(grid_points(typed))]
         await asyncio.to_thread(self.store.create_sweep, user, sweep_id,
                                 req.model_dump(mode="json"), jobs, req.strategy)
         await self._start_sweep(user, sweep_id, spec, bundle, req, typed, [j for j, _ in jobs])
@@ -551,9 +552,7 @@ class JobService:
 
     async def cancel_sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:
         """Cancel a sweep's workflow: its running points are cancelled, the rest end with it."""
-        sw = await asyncio.to_thread(self.store.sweep, sweep_id, user)
-        if sw is None:
-            raise NotFound(f"sweep_id: no sweep {sweep_id!r}")
+        sw = await self._visible_sweep(user, sweep_id)
         if sw["status"] in TERMINAL:
             raise Conflict(f"sweep {sweep_id} has already finished ({sw['status']})")
         await self._request_cancel(sweep_id, lambda: self.store.finish_sweep(
@@ -561,9 +560,7 @@ class JobService:
         return {"sweep_id": sweep_id, "status": "CANCELLING"}
 
     async def sweep(self, user: UserInfo, sweep_id: str) -> dict[str, Any]:
-        sw = await asyncio.to_thread(self.store.sweep, sweep_id, user)
-        if sw is None:
-            raise NotFound(f"sweep_id: no sweep {sweep_id!r}")
+        sw = await self._visible_sweep(user, sweep_id)
         if sw["status"] not in TERMINAL and any(j["status"] != PENDING for j in sw["jobs"]):
             sw["status"] = RUNNING
         return sw

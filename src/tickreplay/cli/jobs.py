@@ -35,9 +35,10 @@ from tickreplay.cli.app import (
     print_metrics,
     progress_bar,
 )
+from tickreplay.workflows.types import JobOptions
 
 # The stall timeout of a job that does not choose one (JobOptions' default, and the API's).
-DEFAULT_STALL_TIMEOUT = 600.0
+DEFAULT_STALL_TIMEOUT = JobOptions.stall_timeout_s
 
 
 def _stack_settings() -> Any:
@@ -539,7 +540,7 @@ def sweep_cmd(
         return
 
     from tickreplay.jobs.operations import new_job_id, submit_sweep
-    from tickreplay.workflows.types import SweepInput
+    from tickreplay.workflows.types import SweepInput, grid_points
 
     spec = _spec(strategy, data, symbols, start, end, param, config)
     base = _prepare(spec, None, 30.0, stall_timeout)
@@ -561,7 +562,7 @@ def sweep_cmd(
     async def go() -> None:
         client = await _client()
         handle = await submit_sweep(client, load_settings(), sweep)
-        err.print(f"sweep {sweep.sweep_id}: {len(list(_points(typed)))} backtests, "
+        err.print(f"sweep {sweep.sweep_id}: {len(grid_points(typed))} backtests, "
                   f"at most {max_concurrent} at a time")
         result = await handle.result()
         _print_sweep(sweep.sweep_id, metric, list(typed), result.rows, as_json)
@@ -673,9 +674,3 @@ def gc_cmd(
                       "running", highlight=False)
 
     _run(go())
-
-
-def _points(grid: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
-    import itertools
-
-    return list(itertools.product(*grid.values()))

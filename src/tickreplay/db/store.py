@@ -191,9 +191,9 @@ class MetaStore:
         own ``max_running``, else ``per_user``), the platform fewer than ``global_cap``, and no
         earlier-submitted PENDING job of the same user waits for a slot (so a user's waiting
         jobs start in submission order; a row whose workflow has not asked yet, such as a
-        sweep's later points, holds no one up). The check and the move are one transaction that holds the database's write
-        lock (SQLite: the first statement writes; PostgreSQL: an advisory lock), so two
-        workers admitting at once can never overshoot a limit.
+        sweep's later points, holds no one up). The check and the move are one transaction
+        that holds the database's write lock (SQLite: the first statement writes; PostgreSQL:
+        an advisory lock), so two workers admitting at once can never overshoot a limit.
         """
         with self._tx() as s:
             if s.bind.dialect.name == "postgresql":  # type: ignore[union-attr]
@@ -280,7 +280,7 @@ class MetaStore:
             job = s.get(Job, job_id)
             if job is None or not (viewer.is_admin or job.user_id == viewer.id):
                 return None
-            return _as_dict(job, s.scalar(select(User.name).where(User.id == job.user_id)))
+            return _as_dict(job, _user_name(s, job))
 
     def jobs(self, viewer: UserInfo, *, status: str | None = None, limit: int = 50,
              after: tuple[dt.datetime, str] | None = None) -> list[dict[str, Any]]:
@@ -306,7 +306,7 @@ class MetaStore:
             job = s.get(Job, job_id)
             if job is None:
                 return None
-            return {**_as_dict(job, s.scalar(select(User.name).where(User.id == job.user_id))),
+            return {**_as_dict(job, _user_name(s, job)),
                     "request_sha256": job.request_sha256}
 
     def delete_unstarted_job(self, job_id: str) -> None:
@@ -370,6 +370,10 @@ class MetaStore:
 
 
 _PRIVATE = {"user_id", "request_sha256"}
+
+
+def _user_name(s: Session, job: Job) -> str | None:
+    return s.scalar(select(User.name).where(User.id == job.user_id))
 
 
 def _as_dict(job: Job, user: str | None) -> dict[str, Any]:

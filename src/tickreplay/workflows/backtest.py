@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 from datetime import timedelta
 from typing import Any
 
@@ -47,6 +46,8 @@ with workflow.unsafe.imports_passed_through():
         SweepResult,
         WarmInput,
         WarmResult,
+        grid_points,
+        sweep_job_id,
     )
 
 # Storage hiccups are retried with capped backoff, by TIME (schedule-to-close), not by a count
@@ -285,11 +286,6 @@ class BacktestWorkflow:
         return out
 
 
-def _grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = sorted(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-
-
 @workflow.defn(name="SweepWorkflow")
 class SweepWorkflow:
     """Run every grid point as a child BacktestWorkflow, at most ``max_concurrent`` at once."""
@@ -301,26 +297,26 @@ class SweepWorkflow:
 
     @workflow.run
     async def run(self, sweep: SweepInput) -> SweepResult:
-        points = _grid_points(sweep.grid)
+        points = grid_points(sweep.grid)
         self._total = len(points)
         rows: list[dict[str, Any]] = [{} for _ in points]
 
         # A semaphore, not wait_condition + counter: several waiters woken in one activation
         # would all see a free slot before any of them took it.
         slots = asyncio.Semaphore(sweep.max_concurrent)
+        base = sweep.base
+        attrs = (search.job_attributes(base.user, "PENDING", base.strategy_digest)
+                 if base.tracked else None)
+        # A tracked point must record its own end when the sweep goes (cancel, failure):
+        # asked to cancel, it does; terminated (the default), its row would stay RUNNING.
+        close = (workflow.ParentClosePolicy.REQUEST_CANCEL if base.tracked
+                 else workflow.ParentClosePolicy.TERMINATE)
 
         async def one(i: int, params: dict[str, Any]) -> None:
-            job_id = f"{sweep.sweep_id}-p{i:03d}"
-            spec = dict(sweep.base.spec)
+            job_id = sweep_job_id(sweep.sweep_id, i)
+            spec = dict(base.spec)
             spec["params"] = {**spec.get("params", {}), **params}
             row: dict[str, Any] = {"job_id": job_id, "params": params}
-            base = sweep.base
-            attrs = (search.job_attributes(base.user, "PENDING", base.strategy_digest)
-                     if base.tracked else None)
-            # A tracked point must record its own end when the sweep goes (cancel, failure):
-            # asked to cancel, it does; terminated (the default), its row would stay RUNNING.
-            close = (workflow.ParentClosePolicy.REQUEST_CANCEL if base.tracked
-                     else workflow.ParentClosePolicy.TERMINATE)
             async with slots:
                 self._running += 1
                 try:

@@ -7,6 +7,7 @@ data, checkpoints and results live in the object store (payloads are capped at 2
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -236,6 +237,18 @@ class SweepInput:
     max_concurrent: int = 4
     metric: str = "sharpe"
     maximize: bool = True
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a sweep's grid, in the one order the workflow numbers them."""
+    keys = sorted(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def sweep_job_id(sweep_id: str, i: int) -> str:
+    """The job id of a sweep's ``i``-th grid point (the API records it before the workflow
+    starts it, so both must name it alike)."""
+    return f"{sweep_id}-p{i:03d}"
 
 
 @dataclass
