@@ -314,15 +314,10 @@ def _worker_env(state_dir: Path, endpoints: _Endpoints, settings: Settings) -> d
 
 def _spawn_api(state_dir: Path, ports: dict[str, int], endpoints: _Endpoints,
                settings: Settings) -> subprocess.Popen[bytes]:
-    """Start ``tickreplay api`` (REST + gRPC) detached, output appended to logs/api.log."""
-    log_path = state_dir / "logs" / "api.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as logf:
-        return subprocess.Popen(
-            [sys.executable, "-m", "tickreplay.cli", "api", "--host", "127.0.0.1",
-             "--port", str(ports["api"]), "--grpc-port", str(ports["grpc"])], cwd=state_dir,
-            env=_worker_env(state_dir, endpoints, settings), stdin=subprocess.DEVNULL,
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    """Start ``tickreplay api`` (REST + gRPC), detached, output appended to logs/api.log."""
+    return _spawn_part(state_dir, "api", [
+        "-m", "tickreplay.cli", "api", "--host", "127.0.0.1", "--port", str(ports["api"]),
+        "--grpc-port", str(ports["grpc"])], endpoints, settings)
 
 
 def _await_api(state_dir: Path, proc: subprocess.Popen[bytes], url: str, deadline: float
@@ -331,10 +326,7 @@ def _await_api(state_dir: Path, proc: subprocess.Popen[bytes], url: str, deadlin
     import httpx
 
     while True:
-        if proc.poll() is not None:
-            log_path = state_dir / "logs" / "api.log"
-            raise StackError("api", f"exited with code {proc.returncode} while starting; see "
-                                    f"{log_path}:\n{log_tail(log_path)}")
+        _raise_if_exited(state_dir, {"api": proc})
         try:
             if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
@@ -371,12 +363,19 @@ def local_token(settings: Settings, state_dir: Path, user: str = "local") -> str
 
 def _spawn_worker(state_dir: Path, name: str, endpoints: _Endpoints,
                   settings: Settings) -> subprocess.Popen[bytes]:
-    """Start ``WORKER_MODULE`` detached (own session) with output appended to its log."""
+    """Start ``WORKER_MODULE`` detached, output appended to logs/<name>.log."""
+    return _spawn_part(state_dir, name, ["-m", WORKER_MODULE], endpoints, settings)
+
+
+def _spawn_part(state_dir: Path, name: str, args: list[str], endpoints: _Endpoints,
+                settings: Settings) -> subprocess.Popen[bytes]:
+    """``python ARGS`` detached (its own session) with the stack's environment, output
+    appended to ``logs/<name>.log``."""
     log_path = state_dir / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as logf:
         return subprocess.Popen(
-            [sys.executable, "-m", WORKER_MODULE], cwd=state_dir,
+            [sys.executable, *args], cwd=state_dir,
             env=_worker_env(state_dir, endpoints, settings), stdin=subprocess.DEVNULL,
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -433,11 +432,12 @@ async def _wait_for_pollers(state_dir: Path, procs: dict[str, subprocess.Popen[b
 
 
 def _raise_if_exited(state_dir: Path, procs: dict[str, subprocess.Popen[bytes]]) -> None:
-    """Fail ``up`` with the log tail of the first worker that died while starting."""
+    """Fail ``up`` with the log tail of the first part (a worker, the API) that died while
+    starting."""
     for name, proc in procs.items():
         if proc.poll() is not None:
             log_path = state_dir / "logs" / f"{name}.log"
-            raise StackError(name, f"worker exited with code {proc.returncode} while starting; "
+            raise StackError(name, f"exited with code {proc.returncode} while starting; "
                                    f"see {log_path}:\n{log_tail(log_path)}")
 
 
