@@ -10,8 +10,9 @@ Why a long-lived child per strategy (:class:`InspectorPool`): starting Python an
 strategy costs ~0.2 s of CPU; a sweep or a burst of submissions checks hundreds of parameter
 sets of the same strategy, which one warm child answers in about a millisecond each. A child
 that dies, hangs past its deadline or answers garbage is killed, and the next check starts a
-fresh one. Its answers travel on a private file descriptor: whatever the strategy prints goes
-to stderr, so it cannot forge them.
+fresh one. Its answers travel on a private file descriptor and whatever the strategy prints
+goes to stderr, so prints cannot be taken for answers; code that writes to the descriptor
+itself only misleads the check of its own params, which the runner validates again.
 """
 
 from __future__ import annotations
@@ -154,24 +155,6 @@ class InspectorPool:
             live, self._live = list(self._live.values()), OrderedDict()
         for inspector in live:
             inspector.close()
-
-
-def inspect_strategy(settings: Settings, bundle: dict[str, Any],
-                     params: dict[str, Any] | None) -> dict[str, Any]:
-    """One-off: ``{"params", "schema", "class"}`` of ``bundle`` in a fresh child.
-
-    Raises:
-        StrategyError: The strategy does not load or ``params`` do not validate.
-        StrategyTimeout: It did not answer within ``TIMEOUT_S``.
-    """
-    inspector = Inspector(settings, bundle)
-    try:
-        (result,) = inspector.check([params or {}])
-    finally:
-        inspector.close()
-    if isinstance(result, str):
-        raise StrategyError(result)
-    return {**inspector.info, "params": result}
 
 
 def _serve(answers: IO[str]) -> None:

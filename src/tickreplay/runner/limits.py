@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,8 +97,6 @@ class RunnerCgroup:
 
     def close(self) -> None:
         """Kill whatever is left in the cgroup(s) and remove them."""
-        import signal
-
         for d in self.dirs:
             with contextlib.suppress(OSError, ValueError):
                 for pid in (d / "cgroup.procs").read_text().split():
@@ -110,6 +110,4 @@ class RunnerCgroup:
                 except FileNotFoundError:
                     break
                 except OSError:
-                    import time
-
                     time.sleep(0.02)

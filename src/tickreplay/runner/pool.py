@@ -285,6 +285,10 @@ class RunnerProcess:
         self.writer.close()
         for t in self._tasks:
             t.cancel()
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove what the runner left: its cgroup (killing stragglers), its directories."""
         if self.cgroup is not None:
             self.cgroup.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -325,8 +329,5 @@ class RunnerPool:
                 return
             runner.writer.close()
             await runner.wait()
-            if runner.cgroup is not None:
-                runner.cgroup.close()
-            shutil.rmtree(runner.workdir, ignore_errors=True)
-            shutil.rmtree(runner.inputs, ignore_errors=True)
+            runner.remove()
             self._spare = None
