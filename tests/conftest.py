@@ -61,3 +61,23 @@ def temporal_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.address
     finally:
         server.stop(grace=5)
+
+
+@pytest.fixture(scope="session")
+def runner_image() -> str:
+    """The runner image of this checkout (``make runner-image``: quick when it is current),
+    for the podman backend's tests; skipped, saying why, where podman cannot run."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tickreplay.runner.podman import podman_available
+
+    problem = podman_available()
+    if problem:
+        pytest.skip(f"podman backend: {problem}")
+    build = Path(__file__).resolve().parents[1] / "runner_image" / "build.py"
+    out = subprocess.run([sys.executable, str(build)], check=True, capture_output=True,
+                         text=True, timeout=900)
+    return str(json.loads(out.stdout.strip().splitlines()[-1])["image"])

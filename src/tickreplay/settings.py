@@ -70,9 +70,27 @@ class Settings(BaseSettings):
         None, description="The job API (REST) the CLI talks to, e.g. http://127.0.0.1:8000; "
                           "written into stack.env by `tickreplay up`")
     api_token: str | None = Field(None, description="Bearer token the CLI sends to the API")
+    runner_backend: str = Field(
+        "auto", description="Where strategy code runs: 'sandbox' (bubblewrap: no network, only "
+                            "the job's files), 'podman' (the job's image as a Pod), 'process' "
+                            "(a plain child process: development with trusted code only), or "
+                            "'auto' (sandbox when bubblewrap is installed, else process)")
     runner_sandbox: str = Field(
-        "auto", description="Runner isolation: 'bwrap' (bubblewrap), 'process' (none), or 'auto' "
-                            "(bwrap when installed)")
+        "auto", description="Deprecated spelling of runner_backend: 'bwrap' is 'sandbox', "
+                            "'process' is 'process' (used when runner_backend is 'auto')")
+    runner_image: str = Field(
+        "localhost/tickreplay-runner:latest",
+        description="Image the podman backend runs bundle (non-image) strategies in; pin it by "
+                    "digest in production (`make runner-image` builds it here)")
+    run_cpus: float = Field(4.0, gt=0, description="CPU limit of a runner pod (cores)")
+    pod_start_timeout_s: float = Field(
+        120.0, gt=0, description="How long a runner pod may take to start (image pull "
+                                 "included) before the attempt fails and is retried")
+    registry_username: str | None = Field(None, description="Strategy image registry user")
+    registry_password: str | None = Field(None, description="Strategy image registry password")
+    registry_insecure: str = Field(
+        "", description="Comma-separated registry hosts reached over plain HTTP (loopback "
+                        "registries always are)")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
@@ -124,6 +142,16 @@ class Settings(BaseSettings):
             if name.strip() == stage:
                 return float(seconds)
         return 0.0
+
+    def registry_insecure_hosts(self) -> set[str]:
+        """The registries reached over plain HTTP besides loopback ones."""
+        return {h.strip() for h in self.registry_insecure.split(",") if h.strip()}
+
+    def registry_credentials(self) -> tuple[str, str] | None:
+        """``(user, password)`` for the strategy image registry, if configured."""
+        if not self.registry_username:
+            return None
+        return self.registry_username, self.registry_password or ""
 
     def resolved_db_dsn(self) -> str:
         """The metadata database's URL, defaulting to a SQLite file in the state dir."""

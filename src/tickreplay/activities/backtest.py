@@ -43,9 +43,14 @@ class BacktestActivities(RunActivity):
     @activity.defn(name="resolve_strategy")
     @reports_errors
     def resolve_strategy(self, inp: t.ResolveInput) -> t.StrategyRef:
-        """Store the strategy bundle content-addressed; its sha256 digest names it for good."""
+        """Store the strategy bundle content-addressed; its sha256 digest names it for good.
+        A strategy image is resolved to its manifest's digest instead (verified against the
+        registry's bytes): every attempt then runs exactly that digest."""
         from tickreplay.data.objectstore import ObjectExistsError
         from tickreplay.strategy.loader import StrategyBundle
+
+        if inp.image:
+            return self._resolve_image(inp)
 
         try:
             bundle = StrategyBundle(inp.bundle["files"], inp.bundle["entry"],
@@ -69,6 +74,18 @@ class BacktestActivities(RunActivity):
             self._retry(put, "store strategy bundle")
         self._event(inp.job_id, "strategy_resolved", digest=bundle.digest)
         return t.StrategyRef(bundle.digest, key)
+
+    def _resolve_image(self, inp: t.ResolveInput) -> t.StrategyRef:
+        from tickreplay.runner.registry import ImageRef, plain_http, resolve
+
+        ref = ImageRef.parse(inp.image)
+        with pulse():
+            image = resolve(ref, credentials=self.settings.registry_credentials(), scheme=(
+                "http" if plain_http(ref.registry, self.settings.registry_insecure_hosts())
+                else "https"))
+        self._event(inp.job_id, "strategy_resolved", digest=image.digest, image=image.pinned,
+                    index_digest=image.index_digest, reference=inp.image)
+        return t.StrategyRef(image.digest, "", image.pinned)
 
     @activity.defn(name="plan_data")
     @reports_errors

@@ -72,7 +72,8 @@ class RunActivity(NodeContext):
                     resume_from=state.checkpoint_key, ticks_done=state.ticks_done)
         if self.pool is None:
             self.pool = RunnerPool(self.settings, self.settings.home / "runs" / self.node)
-        runner = await self.pool.acquire()
+        runner = await self.pool.acquire(image=inp.strategy.image or None, labels={
+            "tickreplay.io/job": inp.job_id[:63], "tickreplay.io/attempt": str(info.attempt)})
         try:
             job = await self._while_beating(
                 asyncio.to_thread(self._prepare_run, inp, state, runner), state)
@@ -102,12 +103,14 @@ class RunActivity(NodeContext):
         from tickreplay.strategy.loader import StrategyBundle
 
         artifacts = self._artifacts()
-        raw = self._retry(lambda: artifacts.get_bytes(inp.strategy.key), "read strategy")
-        if StrategyBundle.from_bytes(raw).digest != inp.strategy.digest or (
-                inp.strategy.key != f"strategies/{hashlib.sha256(raw).hexdigest()}.json"
-                and not inp.strategy.key.endswith(f"/{inp.strategy.digest}.json")):
-            raise SpecError(f"strategy object {inp.strategy.key} does not hash to "
-                            f"{inp.strategy.digest}")
+        raw = b""  # an image job's strategy is in its image (run by digest)
+        if not inp.strategy.image:
+            raw = self._retry(lambda: artifacts.get_bytes(inp.strategy.key), "read strategy")
+            if StrategyBundle.from_bytes(raw).digest != inp.strategy.digest or (
+                    inp.strategy.key != f"strategies/{hashlib.sha256(raw).hexdigest()}.json"
+                    and not inp.strategy.key.endswith(f"/{inp.strategy.digest}.json")):
+                raise SpecError(f"strategy object {inp.strategy.key} does not hash to "
+                                f"{inp.strategy.digest}")
         plan = self._load_plan(inp.plan.key)
         paths = runner.stage_inputs(self._fetch_data(plan))
         ckpt_file = None
@@ -134,8 +137,9 @@ class RunActivity(NodeContext):
             strategy_digest=inp.strategy.digest, plan=plan.to_dict(),
             paths=paths, ticks_total=inp.ticks_total,
             checkpoint_every_s=inp.options.checkpoint_every_s,
-            checkpoint_file=str(ckpt_file) if ckpt_file else None,
-            resumed_from=state.ticks_done, workdir=str(workdir),
+            strategy_image=inp.strategy.image,
+            checkpoint_file=runner.visible(ckpt_file) if ckpt_file else None,
+            resumed_from=state.ticks_done, workdir=runner.visible(workdir),
             memory_mb=self.settings.run_memory_mb, file_mb=self.settings.run_file_mb,
             open_files=self.settings.run_open_files)
 
@@ -168,6 +172,7 @@ class RunActivity(NodeContext):
         started = last_move = time.monotonic()
         last_pos: tuple[Any, ...] | None = None
         stopping = False
+        terminated = False  # the runner stopped on its own SIGTERM, after a final checkpoint
         try:
             while True:
                 try:
@@ -177,7 +182,7 @@ class RunActivity(NodeContext):
                 now = time.monotonic()
                 if msg is None:  # channel closed: the runner has exited
                     code = await runner.wait()
-                    if stopping:
+                    if stopping or terminated:
                         if upload is not None:
                             await asyncio.gather(upload, return_exceptions=True)
                             self._took(upload, state)
@@ -189,7 +194,13 @@ class RunActivity(NodeContext):
                             self._took(final, state)
                         self._beat(state)
                         self._event(inp.job_id, "run_stopped", ticks_done=state.ticks_done,
-                                    checkpoint_key=state.checkpoint_key)
+                                    checkpoint_key=state.checkpoint_key,
+                                    by="worker shutdown" if stopping else "SIGTERM")
+                        if not stopping:  # the runner was told to go (drain, spot reclaim)
+                            raise RunnerDied(
+                                f"runner terminated (SIGTERM) after a final checkpoint at "
+                                f"{state.ticks_done} ticks; resuming from it",
+                                details=dataclasses.asdict(state))
                         raise WorkerShutdown(
                             f"worker shutting down; checkpoint at {state.ticks_done} ticks",
                             details=dataclasses.asdict(state))
@@ -219,8 +230,9 @@ class RunActivity(NodeContext):
                     case protocol.Started():
                         # The host pid of the runner's process group (inside a sandbox, the
                         # runner's own pid is that of its pid namespace).
-                        self._event(inp.job_id, "runner_started", pid=runner.proc.pid,
-                                    resumed_from=msg.resumed_from)
+                        self._event(inp.job_id, "runner_started", pid=runner.pid,
+                                    resumed_from=msg.resumed_from,
+                                    backend=self.pool.backend)
                     case protocol.Warning():
                         state.checkpoint_key, state.ticks_done = None, 0
                         self._event(inp.job_id, "checkpoint_discarded", message=msg.message)
@@ -229,13 +241,15 @@ class RunActivity(NodeContext):
                     case protocol.Failed():
                         await runner.wait()
                         self._fail(inp.job_id, msg, runner)
-                    # Stopped: reported once its final checkpoint is stored (below).
+                    case protocol.Stopped() if not stopping:
+                        terminated = True
+                    # Stopped on request: reported once its final checkpoint is stored.
 
-                if upload is not None and (upload.done() or stopping):
+                if upload is not None and (upload.done() or stopping or terminated):
                     await asyncio.gather(upload, return_exceptions=True)
                     self._took(upload, state)
                     upload = None
-                if pending is not None and upload is None and not stopping:
+                if pending is not None and upload is None and not (stopping or terminated):
                     upload = asyncio.ensure_future(
                         self._store_checkpoint(inp, identity, runner, pending))
                     pending = None

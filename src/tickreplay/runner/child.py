@@ -10,10 +10,11 @@ the plan and the partitions (into the node cache) and verifies any checkpoint be
 the runner reads local files only and writes checkpoints and the result into its own work
 directory, and the worker seals, uploads and heartbeats them.
 
-Protocol: a socket inherited as ``--fd N`` (never stdout: the strategy's prints go to stdout
-and stderr, which the worker keeps, size-bounded, as the job's runner output). The worker sends
-one JSON line (the job), later possibly ``stop`` (final checkpoint, then exit); EOF means the
-worker died and the runner exits at once. The runner sends JSON lines: ``started``,
+Protocol: a socket inherited as ``--fd N``, or in a pod one it connects to (``--socket PATH``),
+never stdout: the strategy's prints go to stdout and stderr, which the worker keeps,
+size-bounded, as the job's runner output. The worker sends one JSON line (the job), later
+possibly ``stop`` (final checkpoint, then exit; SIGTERM means the same); EOF means the worker
+died and the runner exits at once. The runner sends JSON lines: ``started``,
 ``progress`` (about every second, from a thread, with the tick the strategy is really at),
 ``checkpoint`` (a file in the work directory), ``warning``, ``stopped``, and finally ``done``
 or ``error``.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import signal
 import socket
 import sys
 import threading
@@ -57,8 +59,8 @@ class ResultBuildError(ResultsError):
 class Channel:
     """JSON lines over the inherited socket, safe to send from several threads."""
 
-    def __init__(self, fd: int) -> None:
-        self.sock = socket.socket(fileno=fd)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self._lock = threading.Lock()
         self._reader = self.sock.makefile("rb")
 
@@ -106,8 +108,9 @@ def run(job: RunnerJob, chan: Channel, stop: threading.Event) -> int:
     from tickreplay.strategy.loader import StrategyBundle
 
     workdir = Path(job.workdir)
-    bundle = StrategyBundle.from_bytes(job.bundle.encode())
-    if bundle.digest != job.strategy_digest:
+    bundle = _image_strategy() if job.strategy_image else \
+        StrategyBundle.from_bytes(job.bundle.encode())
+    if not job.strategy_image and bundle.digest != job.strategy_digest:
         raise RuntimeError(f"strategy bundle digest {bundle.digest} != {job.strategy_digest}")
     plan = DataPlan.from_dict(job.plan)
     spec = BacktestSpec.model_validate(job.spec)
@@ -148,7 +151,9 @@ def run(job: RunnerJob, chan: Channel, stop: threading.Event) -> int:
     probe.phase = "writing results"
     out = workdir / "result"
     try:
-        rs = to_resultset(result, inputs_of(bundle, spec, plan, params), spec.config,
+        # An image job's result names the image's digest (what ran), not its source files'.
+        rs = to_resultset(result, inputs_of(bundle, spec, plan, params,
+                                            digest=job.strategy_digest), spec.config,
                           {"host": os.uname().nodename, "resumed_from_ticks": resumed_from})
         manifest = write_results(rs, out)
     except (TypeError, ValueError) as e:
@@ -157,6 +162,19 @@ def run(job: RunnerJob, chan: Channel, stop: threading.Event) -> int:
     chan.send(Done(result_dir=str(out), result_hash=manifest["result_hash"], metrics=rs.metrics,
                    ticks=result.ticks, resumed_from_ticks=resumed_from))
     return EXIT_OK
+
+
+def _image_strategy() -> Any:
+    """The strategy a strategy image carries: ``TICKREPLAY_STRATEGY`` (``file.py[:Class]`` or
+    ``module:Class``), set by ``tickreplay image build``."""
+    from tickreplay.errors import SpecError
+    from tickreplay.strategy.loader import bundle_from_spec
+
+    target = os.environ.get("TICKREPLAY_STRATEGY", "")
+    if not target:
+        raise SpecError("field 'strategy_image': the image sets no TICKREPLAY_STRATEGY (build "
+                        "it with `tickreplay image build`, or set ENV TICKREPLAY_STRATEGY)")
+    return bundle_from_spec(target)
 
 
 def preload() -> None:
@@ -185,8 +203,18 @@ def _limit(job: RunnerJob) -> None:
 def main() -> None:
     """Read the job from the channel, run it, report on the channel; exit code says how it ended."""
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fd", type=int, required=True)
-    chan = Channel(ap.parse_args().fd)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--fd", type=int, help="an inherited socket (process and sandbox)")
+    where.add_argument("--socket", help="a Unix socket to connect to (a pod's /out/chan.sock)")
+    args = ap.parse_args()
+    # SIGTERM before a job: nothing to save. (As a container's PID 1, Python would ignore it.)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(EXIT_STOPPED))
+    if args.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(args.socket)
+    else:
+        sock = socket.socket(fileno=args.fd)
+    chan = Channel(sock)
     preload()
     line = chan.readline()
     if not line:  # the worker shut down before giving this spare runner a job
@@ -194,6 +222,9 @@ def main() -> None:
     job = RunnerJob.model_validate_json(line)
     _limit(job)
     stop = threading.Event()
+    # SIGTERM during the run (a node drain, a spot reclaim, `podman kill -s TERM`): the same as
+    # the worker's ``stop``: a final checkpoint, then exit.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threading.Thread(target=_watch, args=(chan, stop), daemon=True).start()
     try:
         code = run(job, chan, stop)

@@ -238,10 +238,11 @@ def _drive(engine: Engine, stream: Iterator[Any], probe: RunProbe | None,
 
 
 def inputs_of(bundle: StrategyBundle, spec: BacktestSpec, plan: DataPlan,
-              params: dict[str, Any]) -> dict[str, Any]:
-    """What the result is a function of (hashed): never paths, hosts or times."""
+              params: dict[str, Any], digest: str | None = None) -> dict[str, Any]:
+    """What the result is a function of (hashed): never paths, hosts or times. ``digest``
+    names the strategy when it is not the bundle's own (a strategy image's manifest)."""
     return {
-        "strategy_digest": bundle.digest,
+        "strategy_digest": digest or bundle.digest,
         "strategy_entry": bundle.entry,
         "strategy_class": bundle.class_name,
         "data_fingerprint": plan.fingerprint,

@@ -79,6 +79,14 @@ class RunnerCgroup:
         for d in self.dirs:
             (d / "cgroup.procs").write_text(str(os.getpid()))
 
+    def pids(self) -> list[int]:
+        """The processes in the cgroup now."""
+        out: set[int] = set()
+        for d in self.dirs:
+            with contextlib.suppress(OSError, ValueError):
+                out |= {int(p) for p in (d / "cgroup.procs").read_text().split()}
+        return sorted(out)
+
     def oom_killed(self) -> bool:
         """Whether the memory cap killed a process of this runner."""
         for d in self.dirs:

@@ -13,8 +13,10 @@ hidden (the signing key lives there), and exactly one writable directory of its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -55,14 +57,34 @@ class BoundedOutput:
                 + bytes(self.tail).decode(errors="replace"))
 
 
-def sandbox_mode(settings: Settings) -> str:
-    """'bwrap' or 'process', from ``runner_sandbox`` ('auto': bwrap when it is installed)."""
-    mode = settings.runner_sandbox
+BACKENDS = ("process", "sandbox", "podman")
+
+
+def backend_name(settings: Settings) -> str:
+    """The runner backend: ``runner_backend`` (or the older ``runner_sandbox``), 'auto'
+    meaning the sandbox when bubblewrap is installed and a plain process otherwise."""
+    mode = settings.runner_backend
     if mode == "auto":
-        return "bwrap" if shutil.which("bwrap") else "process"
-    if mode == "bwrap" and not shutil.which("bwrap"):
-        raise RuntimeError("runner_sandbox=bwrap but bubblewrap (bwrap) is not installed")
+        mode = {"bwrap": "sandbox", "process": "process"}.get(settings.runner_sandbox, "auto")
+    if mode == "bwrap":
+        mode = "sandbox"
+    if mode == "auto":
+        return "sandbox" if shutil.which("bwrap") else "process"
+    if mode not in BACKENDS:
+        raise ValueError(f"runner_backend={mode!r}: expected one of {', '.join(BACKENDS)}")
+    if mode == "sandbox" and not shutil.which("bwrap"):
+        raise RuntimeError("runner_backend=sandbox but bubblewrap (bwrap) is not installed")
     return mode
+
+
+def sandbox_mode(settings: Settings) -> str:
+    """'bwrap' or 'process': how a runner child of this worker is wrapped. The podman backend's
+    pods are confined by podman; the worker's other children (the params inspector) still use
+    bubblewrap when it is installed."""
+    backend = backend_name(settings)
+    if backend == "podman":
+        return "bwrap" if shutil.which("bwrap") else "process"
+    return "bwrap" if backend == "sandbox" else "process"
 
 
 def runner_command(settings: Settings, workdir: Path, fd: int, inputs: Path) -> list[str]:
@@ -164,6 +186,16 @@ def runner_env(workdir: Path) -> dict[str, str]:
     return env
 
 
+def _is_runner(pid: int) -> bool:
+    """Whether ``pid`` is the runner's Python (not bwrap, whose argv names it too)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return Path(argv[0].decode(errors="replace")).name != "bwrap" and \
+        b"tickreplay.runner.child" in argv
+
+
 class RunnerProcess:
     """One spawned runner: its process, channel, bounded output, and private work dir."""
 
@@ -215,6 +247,15 @@ class RunnerProcess:
         runner.inputs, runner.cgroup = inputs, cgroup
         return runner
 
+    @property
+    def pid(self) -> int:
+        """The runner's pid on the host (the leader of its process group)."""
+        return self.proc.pid
+
+    def visible(self, path: Path) -> str:
+        """``path`` as the runner sees it (the same path: the sandbox binds it in place)."""
+        return str(path)
+
     def stage_inputs(self, paths: dict[str, Path]) -> dict[str, str]:
         """Make the job's partitions (files of the node cache) visible to this runner, and
         only those: hard links in its read-only inputs directory (a copy across filesystems).
@@ -228,7 +269,7 @@ class RunnerProcess:
                 os.link(src, dest)
             except OSError:
                 shutil.copyfile(src, dest)
-            out[key] = str(dest)
+            out[key] = self.visible(dest)
         return out
 
     def oom_killed(self) -> bool:
@@ -269,6 +310,20 @@ class RunnerProcess:
         if self.proc.returncode is None:
             kill_group(self.proc.pid)
 
+    def terminate(self) -> None:
+        """SIGTERM to the runner, as a node drain or spot reclaim sends it: it writes a final
+        checkpoint and stops."""
+        if self.proc.returncode is None:
+            # Under bubblewrap the runner has a session of its own inside: signal it there
+            # (bwrap itself would die of SIGTERM and take the runner with it, unsaved).
+            pids = [p for p in (self.cgroup.pids() if self.cgroup is not None else [])
+                    if _is_runner(p)]
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            if not pids:
+                kill_group(self.proc.pid, signal.SIGTERM)
+
     async def wait(self) -> int:
         code = await self.proc.wait()
         await asyncio.gather(*self._tasks[:2], return_exceptions=True)
@@ -296,15 +351,34 @@ class RunnerProcess:
 
 
 class RunnerPool:
-    """Keeps one runner spawned ahead of need (imports done, waiting for its job)."""
+    """Hands out runners of the configured backend. For ``process`` and ``sandbox`` one runner
+    is kept spawned ahead of need (imports done, waiting for its job); a pod runs the job's own
+    image, so the ``podman`` backend starts one per job."""
 
     def __init__(self, settings: Settings, runs_dir: Path) -> None:
         self.settings = settings
         self.runs_dir = runs_dir
+        self.backend = backend_name(settings)
         self._spare: asyncio.Task[RunnerProcess] | None = None
 
-    async def acquire(self) -> RunnerProcess:
-        """A live, idle runner; a replacement starts spawning at once."""
+    async def acquire(self, image: str | None = None, labels: dict[str, str] | None = None
+                      ) -> RunnerProcess:
+        """A live, idle runner (for a strategy image: a pod of that image, pinned by digest).
+
+        Raises:
+            SpecError: A strategy image on a backend that cannot run images.
+        """
+        if self.backend == "podman":
+            from tickreplay.runner.podman import PodRunner
+
+            return await PodRunner.spawn_pod(self.settings, self.runs_dir,
+                                             image or self.settings.runner_image, labels)
+        if image:
+            from tickreplay.errors import SpecError
+
+            raise SpecError(f"field 'strategy_image': {image} needs the podman runner backend "
+                            f"(TICKREPLAY_RUNNER_BACKEND=podman); this worker runs "
+                            f"'{self.backend}'")
         runner = None
         spare, self._spare = self._spare, None  # taken before awaiting: never handed out twice
         if spare is not None:

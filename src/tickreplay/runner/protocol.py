@@ -31,8 +31,9 @@ class RunnerJob(_Message):
     job_id: str
     workdir: str
     spec: dict[str, Any]
-    bundle: str
+    bundle: str  # the bundle's canonical JSON; "" for an image job (its strategy is inside)
     strategy_digest: str
+    strategy_image: str = ""  # host/repo@sha256:... the runner is a pod of
     plan: dict[str, Any]
     paths: dict[str, str]
     ticks_total: int = 0

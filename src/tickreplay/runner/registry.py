@@ -143,6 +143,12 @@ def _is_loopback(registry: str) -> bool:
     return host in ("localhost", "[::1]") or host.startswith("127.")
 
 
+def plain_http(registry: str, insecure_hosts: set[str] | frozenset[str] = frozenset()) -> bool:
+    """Whether ``registry`` (``host[:port]``) is spoken to over plain HTTP: loopback ones and
+    those an operator listed (``TICKREPLAY_REGISTRY_INSECURE``)."""
+    return _is_loopback(registry) or registry in insecure_hosts
+
+
 class _Registry:
     """One conversation with a registry: its URL, the client and the Authorization it earned.
 

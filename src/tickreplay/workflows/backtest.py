@@ -151,7 +151,8 @@ class BacktestWorkflow:
     async def _run(self, job: JobInput) -> JobResult:
         self._stage = "resolve_strategy"
         strategy = await workflow.execute_activity(
-            "resolve_strategy", ResolveInput(job.job_id, job.bundle), result_type=StrategyRef,
+            "resolve_strategy", ResolveInput(job.job_id, job.bundle, job.strategy_image),
+            result_type=StrategyRef,
             start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=ACTIVITY_HEARTBEAT,
             schedule_to_close_timeout=STORAGE_BUDGET, retry_policy=STORAGE_RETRY)
         self._stage = "plan_data"
@@ -323,7 +324,8 @@ class SweepWorkflow:
                     result = await workflow.execute_child_workflow(
                         BacktestWorkflow.run, JobInput(job_id, spec, base.bundle, base.options,
                                                        tracked=base.tracked, user=base.user,
-                                                       strategy_digest=base.strategy_digest),
+                                                       strategy_digest=base.strategy_digest,
+                                                       strategy_image=base.strategy_image),
                         id=job_id, search_attributes=attrs, parent_close_policy=close)
                     row.update(status="SUCCEEDED", result_hash=result.result_hash,
                                value=result.metrics.get(sweep.metric), metrics=result.metrics)

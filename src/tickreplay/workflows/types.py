@@ -55,6 +55,9 @@ class JobInput:
     tracked: bool = False
     user: str = ""
     strategy_digest: str = ""  # the API's bundle digest (a search attribute of tracked jobs)
+    # A strategy image (``host/repo:tag`` or ``@sha256:``) instead of a bundle: resolved to its
+    # digest by resolve_strategy; runs on the podman (or Kubernetes) runner backend.
+    strategy_image: str = ""
 
 
 @dataclass
@@ -86,12 +89,14 @@ class SweepRecordInput:
 class ResolveInput:
     job_id: str
     bundle: dict[str, Any]
+    image: str = ""  # a strategy image reference (then ``bundle`` is empty)
 
 
 @dataclass
 class StrategyRef:
-    digest: str
-    key: str
+    digest: str  # the bundle's sha256, or the image manifest's ``sha256:...``
+    key: str  # the bundle object ("" for an image)
+    image: str = ""  # ``host/repo@sha256:...``: what every attempt runs
 
 
 @dataclass
