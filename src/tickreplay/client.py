@@ -293,10 +293,14 @@ def _body(digest: str, symbols: str | Sequence[str], start: str | dt.date, end: 
             "end_date": _iso_day(end), "params": dict(params or {}), **execution}
 
 
-def _submit(strategy: str, symbols: str | Sequence[str], start: str | dt.date,
+def _submit(strategy: str | None, symbols: str | Sequence[str], start: str | dt.date,
             end: str | dt.date, params: Mapping[str, Any] | None, idempotency_key: str | None,
             execution: Mapping[str, Any]) -> _Op[dict[str, Any]]:
-    body = _body((yield from _digest(strategy)), symbols, start, end, params, execution)
+    if strategy is None:  # a strategy image (``strategy_image=`` in execution)
+        body = _body("", symbols, start, end, params, execution)
+        del body["strategy"]
+    else:
+        body = _body((yield from _digest(strategy)), symbols, start, end, params, execution)
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
     return (yield _Request("POST", "/v1/jobs", json=body, headers=headers))
 
@@ -687,14 +691,15 @@ class Client:
         """
         return self._run(_upload(path_or_spec))
 
-    def submit(self, strategy: str, symbols: str | Sequence[str], start: str | dt.date,
+    def submit(self, strategy: str | None, symbols: str | Sequence[str], start: str | dt.date,
                end: str | dt.date, params: Mapping[str, Any] | None = None, *,
                idempotency_key: str | None = None, **execution: Any) -> Job:
         """Submit a backtest; returns at once with the job (``PENDING``; ``wait()`` on it).
 
         Args:
             strategy: A digest from :meth:`upload_strategy`, or a path / ``file.py:Class``
-                (uploaded first).
+                (uploaded first); None with ``strategy_image="host/repo:tag"`` (a strategy
+                image, resolved to its digest by the job's first step).
             symbols: ``["AAPL", "MSFT"]`` or ``"AAPL,MSFT"``.
             start, end: First and last day, ``"2024-01-02"`` or a date.
             params: The strategy's parameters (validated against its Params on the server).
@@ -955,7 +960,8 @@ class AsyncClient:
         """See :meth:`Client.upload_strategy`."""
         return await self._run(_upload(path_or_spec))
 
-    async def submit(self, strategy: str, symbols: str | Sequence[str], start: str | dt.date,
+    async def submit(self, strategy: str | None, symbols: str | Sequence[str],
+                     start: str | dt.date,
                      end: str | dt.date, params: Mapping[str, Any] | None = None, *,
                      idempotency_key: str | None = None, **execution: Any) -> AsyncJob:
         """See :meth:`Client.submit`."""

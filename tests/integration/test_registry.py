@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
+from registrykit import start_registry
 
 from tickreplay.errors import ImageError, ImageNotFound, RegistryAuthError, RegistryUnavailable
 from tickreplay.runner.registry import (
@@ -55,56 +56,14 @@ from tickreplay.stack.ports import free_port
 
 pytestmark = pytest.mark.integration
 
-REGISTRY_BIN = shutil.which("docker-registry")
 USER, PASSWORD = "alice", "s3cret"
 SERVICE, ISSUER = "tickreplay-test-registry", "tickreplay-test-issuer"
 
 
 # ---------------------------------------------------------------------------- real registries
-@contextmanager
-def _registry(base: Path, auth: dict[str, Any] | None = None) -> Iterator[str]:
-    """A docker-registry on a free port; yields ``127.0.0.1:<port>``; always stopped after."""
-    if REGISTRY_BIN is None:
-        pytest.skip("docker-registry is not installed (`make system-deps`, or "
-                    "`apt-get install -y docker-registry`)")
-    base.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    config: dict[str, Any] = {
-        "version": 0.1, "log": {"level": "warn"},
-        "storage": {"filesystem": {"rootdirectory": str(base / "storage")}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "tickreplay-test"},
-    }
-    if auth:
-        config["auth"] = auth
-    (base / "config.yml").write_text(json.dumps(config))  # JSON is YAML
-    log_path = base / "registry.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(base / "config.yml")], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1)  # 200, or 401 with auth
-                break
-            except httpx.TransportError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.skip(f"docker-registry did not start (exit {proc.poll()}): "
-                                f"{log_path.read_text()[-800:]}")
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _registry(tmp_path_factory.mktemp("registry")) as host:
+    with start_registry(tmp_path_factory.mktemp("registry")) as host:
         yield host
 
 
@@ -138,7 +97,7 @@ def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("basic-registry")
     (base / "htpasswd").write_text(f"{USER}:{_bcrypt(PASSWORD)}\n")
     auth = {"htpasswd": {"realm": "tickreplay-test", "path": str(base / "htpasswd")}}
-    with _registry(base, auth) as host:
+    with start_registry(base, auth) as host:
         yield host
 
 
@@ -224,7 +183,7 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
     auth = {"token": {"realm": f"http://127.0.0.1:{tokens.port}/token", "service": SERVICE,
                       "issuer": ISSUER, "rootcertbundle": str(tokens.cert)}}
     try:
-        with _registry(base, auth) as host:
+        with start_registry(base, auth) as host:
             yield host, tokens
     finally:
         tokens.httpd.shutdown()
@@ -354,7 +313,7 @@ def test_scheme_follows_insecure_and_can_be_forced(registry: str) -> None:
 
 
 def test_stopped_registry_is_retryable(tmp_path: Path) -> None:
-    with _registry(tmp_path / "stopped") as host:
+    with start_registry(tmp_path / "stopped") as host:
         push_image(f"{host}/strategies/sma:v1", *_image("amd64", "stopped"))
         assert resolve(f"{host}/strategies/sma:v1").digest
     with pytest.raises(RegistryUnavailable):

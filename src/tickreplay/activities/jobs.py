@@ -63,6 +63,8 @@ class JobRecordActivities:
         raised: the first terminal status written stands, and the workflow must still close.
         """
         fields: dict[str, Any] = {"error": inp.error[:4000]}
+        if inp.image_digest:
+            fields["image_digest"] = inp.image_digest
         if inp.status == "SUCCEEDED":
             fields.update(result_hash=inp.result_hash, results_path=inp.results_path,
                           data_fingerprint=inp.data_fingerprint, metrics=inp.metrics)

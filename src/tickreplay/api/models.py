@@ -67,7 +67,13 @@ class ExecutionSettings(BaseModel):
 class JobRequest(ExecutionSettings):
     """Body of ``POST /v1/jobs``."""
 
-    strategy: str = Field(pattern=DIGEST, description="A digest from POST /v1/strategies")
+    strategy: str | None = Field(None, pattern=DIGEST,
+                                 description="A digest from POST /v1/strategies")
+    strategy_image: str | None = Field(
+        None, min_length=3, max_length=400,
+        description="Or a strategy image, e.g. registry:5000/repo/strategy:v1.2 or "
+                    "...@sha256:<digest>: resolved to its digest by the job's first step "
+                    "(the digest then runs on every attempt); needs the podman backend")
     symbols: list[str] = Field(min_length=1, max_length=MAX_SYMBOLS)
     start_date: dt.date
     end_date: dt.date
@@ -84,6 +90,16 @@ class JobRequest(ExecutionSettings):
     def _dates(self) -> JobRequest:
         if self.end_date < self.start_date:
             raise ValueError(f"end_date: {self.end_date} is before start_date {self.start_date}")
+        if (self.strategy is None) == (self.strategy_image is None):
+            raise ValueError("strategy: give a strategy digest or a strategy_image, one of them")
+        if self.strategy_image is not None:
+            from tickreplay.errors import ImageError
+            from tickreplay.runner.registry import ImageRef
+
+            try:
+                ImageRef.parse(self.strategy_image)
+            except ImageError as e:
+                raise ValueError(f"strategy_image: {e}") from None
         return self
 
 

@@ -258,7 +258,8 @@ class JobService:
         from tickreplay.spec import BacktestSpec
 
         data_url = f"s3://{self.settings.data_bucket}"
-        entry = bundle["entry"] + (f":{bundle['class']}" if bundle.get("class") else "")
+        entry = (req.strategy_image if not bundle else  # (an image job has no bundle here)
+                 bundle["entry"] + (f":{bundle['class']}" if bundle.get("class") else ""))
         try:
             config = RunConfig(initial_cash=req.initial_cash,
                                latency_ns=round(req.latency_ms * 1_000_000),
@@ -296,13 +297,16 @@ class JobService:
                                                idempotency_key)
             if existing is not None:
                 return _same_body(existing, digest), False
-        bundle = await self._bundle(req.strategy)
-        params = await self._params(req.strategy, bundle, req.params)
+        if req.strategy is not None:
+            bundle = await self._bundle(req.strategy)
+            params = await self._params(req.strategy, bundle, req.params)
+        else:  # an image: its code runs only in its pod, which validates the params
+            bundle, params = {}, dict(req.params)
         spec = await self._spec(req, bundle, params)
         job_id = req.job_id or new_job_id()
         try:
             created = await asyncio.to_thread(
-                self.store.create_job, user, job_id, spec, req.strategy,
+                self.store.create_job, user, job_id, spec, req.strategy or "",
                 idempotency_key=idempotency_key, request_sha256=digest)
         except StoreError:  # the same key won a race a moment ago
             existing = await asyncio.to_thread(self.store.by_idempotency_key, user,
@@ -330,7 +334,8 @@ class JobService:
         options = JobOptions(checkpoint_every_s=req.checkpoint_every_s,
                              stall_timeout_s=req.stall_timeout_s, deadline_s=req.deadline_s)
         return JobInput(job_id, spec, bundle, options, tracked=True, user=user.name,
-                        strategy_digest=req.strategy)
+                        strategy_digest=req.strategy or "",
+                        strategy_image=req.strategy_image or "")
 
     async def _start(self, user: UserInfo, job_id: str, spec: dict[str, Any],
                      bundle: dict[str, Any], req: JobRequest) -> None:
@@ -353,7 +358,8 @@ class JobService:
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 memo={INPUT_DIGEST_MEMO: input_digest(job)}, result_type=JobResult,
-                search_attributes=job_attributes(user.name, PENDING, req.strategy))
+                search_attributes=job_attributes(user.name, PENDING,
+                                                 req.strategy or req.strategy_image or ""))
         except Exception as e:
             await asyncio.to_thread(self.store.delete_unstarted_job, job_id)
             if isinstance(e, TickreplayError):
@@ -504,6 +510,9 @@ class JobService:
         points = grid_points(req.grid)
         if len(points) > MAX_SWEEP_POINTS:
             raise TooLarge(f"grid: {len(points)} points; at most {MAX_SWEEP_POINTS}")
+        if req.strategy is None:
+            raise InvalidRequest("strategy_image: a sweep needs an uploaded strategy (its "
+                                 "grid is checked against the strategy's Params)")
         bundle = await self._bundle(req.strategy)
         base_params = await self._params(req.strategy, bundle, req.params)
         checked = await self._check(req.strategy, bundle, [{**base_params, **p} for p in points])

@@ -151,6 +151,19 @@ def _prepare(spec: Any, job_id: str | None, checkpoint_every: float,
         raise fail(str(e)) from None
 
 
+def _prepare_image(spec: Any, image: str, job_id: str | None, checkpoint_every: float,
+                   stall_timeout: float) -> Any:
+    from tickreplay.errors import TickreplayError
+    from tickreplay.jobs.operations import prepare_image
+    from tickreplay.workflows.types import JobOptions
+
+    try:
+        return prepare_image(spec, image, job_id, JobOptions(
+            checkpoint_every_s=checkpoint_every, stall_timeout_s=stall_timeout))
+    except (TickreplayError, ValueError) as e:
+        raise fail(str(e)) from None
+
+
 async def _client() -> Any:
     from tickreplay.jobs.operations import connect
 
@@ -255,7 +268,9 @@ def _run(coro: Any) -> None:
 
 @app.command("submit")
 def submit(
-    strategy: o.StrategyArg,
+    strategy: Annotated[str | None, typer.Argument(
+        help="Strategy file.py[:Class] or module:Class (or --image)")] = None,
+    *,
     symbols: o.Symbols,
     start: o.Start,
     end: o.End,
@@ -273,21 +288,29 @@ def submit(
     allow_missing: o.AllowMissing = False,
     wait: Annotated[bool, typer.Option("--wait", help="Wait with a progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    image: Annotated[str | None, typer.Option(
+        "--image", help="A strategy image (host/repo:tag or @sha256:...) instead of a file: "
+                        "its digest is pinned at the job's first step; runs on the podman "
+                        "backend")] = None,
 ) -> None:
     """Submit a durable backtest; prints its job id at once (``--wait`` to follow it).
 
     The same ``--job-id`` with the same inputs returns the existing job; with different
     inputs it is refused.
     """
+    if (strategy is None) == (image is None):
+        raise fail("give a strategy file or --image REF (one of them)")
     config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
     api = _api_client()
     if api is not None:
         _api_only_defaults(data)
-        spec = _spec(strategy, data, symbols, start, end, param, config)
+        spec = _spec(strategy or str(image), data, symbols, start, end, param, config)
         execution = _execution(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
                                allow_missing, stall_timeout)
         if job_id is not None:
             execution["job_id"] = job_id
+        if image is not None:
+            execution["strategy_image"] = image
         with api, _api_errors():
             _submit_api(api, spec, execution, checkpoint_every, wait, as_json)
         return
@@ -295,8 +318,9 @@ def submit(
     from tickreplay.jobs.operations import JobConflictError
     from tickreplay.jobs.operations import submit as do_submit
 
-    spec = _spec(strategy, data, symbols, start, end, param, config)
-    job = _prepare(spec, job_id, checkpoint_every, stall_timeout)
+    spec = _spec(strategy or str(image), data, symbols, start, end, param, config)
+    job = (_prepare(spec, job_id, checkpoint_every, stall_timeout) if image is None
+           else _prepare_image(spec, image, job_id, checkpoint_every, stall_timeout))
     settings = _stack_settings()
     check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
 
@@ -319,7 +343,8 @@ def _submit_api(api: Any, spec: Any, execution: dict[str, Any], checkpoint_every
     from tickreplay.strategy.api import StrategyError
 
     try:
-        digest = api.upload_strategy(spec.strategy)
+        digest = (None if execution.get("strategy_image")
+                  else api.upload_strategy(spec.strategy))
     except StrategyError as e:  # the file is missing or unreadable here, before any request
         raise fail(str(e)) from None
     job = api.submit(digest, list(spec.symbols), spec.start, spec.end, spec.params,

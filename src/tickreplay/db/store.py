@@ -256,7 +256,8 @@ class MetaStore:
         """
         if status not in STATUSES:
             raise StoreError(f"unknown status {status!r}")
-        allowed = {"data_fingerprint", "results_path", "result_hash", "metrics", "error"}
+        allowed = {"data_fingerprint", "results_path", "result_hash", "metrics", "error",
+                   "image_digest"}
         if set(fields) - allowed:
             raise StoreError(f"cannot set {sorted(set(fields) - allowed)} on a job")
         with self._tx() as s:

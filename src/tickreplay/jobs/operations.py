@@ -60,6 +60,12 @@ async def connect(settings: Settings) -> Client:
     return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
 
 
+def _check_job_id(job_id: str | None) -> None:
+    if job_id is not None and not _JOB_ID.fullmatch(job_id):
+        raise ValueError(f"invalid job id {job_id!r}: use 1-200 letters, digits, '.', '_' or "
+                         "'-', starting with a letter or digit")
+
+
 def prepare(spec: BacktestSpec, job_id: str | None = None,
             options: JobOptions | None = None) -> JobInput:
     """Read the strategy, validate its params locally, and build the workflow input."""
@@ -67,10 +73,21 @@ def prepare(spec: BacktestSpec, job_id: str | None = None,
     strategy, _ = load_strategy(bundle, spec.params)  # bad params fail here, not on a worker
     spec_json = spec.model_dump(mode="json")
     spec_json["params"] = strategy.params.model_dump(mode="json")
-    if job_id is not None and not _JOB_ID.fullmatch(job_id):
-        raise ValueError(f"invalid job id {job_id!r}: use 1-200 letters, digits, '.', '_' or "
-                         "'-', starting with a letter or digit")
+    _check_job_id(job_id)
     return JobInput(job_id or new_job_id(), spec_json, _bundle_dict(bundle), options or JobOptions())
+
+
+def prepare_image(spec: BacktestSpec, image: str, job_id: str | None = None,
+                  options: JobOptions | None = None) -> JobInput:
+    """The workflow input of a strategy-image job: the reference is checked here, resolved to
+    its digest by the job's first activity; the params are validated by the runner (the
+    strategy's code is in the image, not here)."""
+    from tickreplay.runner.registry import ImageRef
+
+    ImageRef.parse(image)
+    _check_job_id(job_id)
+    return JobInput(job_id or new_job_id(), spec.model_dump(mode="json"), {},
+                    options or JobOptions(), strategy_image=image)
 
 
 def input_digest(job: JobInput) -> str:
@@ -79,6 +96,8 @@ def input_digest(job: JobInput) -> str:
     Two submissions under one id are "the same job" exactly when these digests are equal.
     """
     doc = {"spec": job.spec, "bundle": job.bundle, "options": dataclasses.asdict(job.options)}
+    if job.strategy_image:  # (absent otherwise: bundle jobs keep their digests)
+        doc["strategy_image"] = job.strategy_image
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                            default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -91,6 +91,7 @@ class BacktestWorkflow:
         self._error: str | None = None
         self._result: JobResult | None = None
         self._placements = 0
+        self._image = ""  # the strategy image's pinned reference, once resolved
 
     @workflow.run
     async def run(self, job: JobInput) -> JobResult:
@@ -139,11 +140,13 @@ class BacktestWorkflow:
             return
         workflow.upsert_search_attributes([search.STATUS.value_set(status)])
         res = self._result
-        record = RecordInput(job.job_id, status, error=self._error or "")
+        record = RecordInput(job.job_id, status, error=self._error or "",
+                             image_digest=self._image)
         if res is not None and status == "SUCCEEDED":
             record = RecordInput(job.job_id, status, result_hash=res.result_hash,
                                  results_path=res.results_url,
-                                 data_fingerprint=res.data_fingerprint, metrics=res.metrics)
+                                 data_fingerprint=res.data_fingerprint, metrics=res.metrics,
+                                 image_digest=self._image)
         await workflow.execute_activity(
             "record_job", record, start_to_close_timeout=timedelta(seconds=30),
             retry_policy=DB_RETRY)
@@ -155,6 +158,7 @@ class BacktestWorkflow:
             result_type=StrategyRef,
             start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=ACTIVITY_HEARTBEAT,
             schedule_to_close_timeout=STORAGE_BUDGET, retry_policy=STORAGE_RETRY)
+        self._image = strategy.image
         self._stage = "plan_data"
         plan = await workflow.execute_activity(
             "plan_data", PlanInput(job.job_id, job.spec), result_type=PlanRef,

@@ -76,6 +76,7 @@ class RecordInput:
     results_path: str = ""
     data_fingerprint: str = ""
     metrics: dict[str, Any] | None = None
+    image_digest: str = ""  # a strategy image job: the pinned reference that ran
 
 
 @dataclass
