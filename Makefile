@@ -33,7 +33,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The podman backend's tests run this checkout's runner image: built first (skipped when
+# current, and where podman cannot run), so its ~2 min first build is not test time.
 test: setup
+	$(PY) runner_image/build.py --if-possible
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: setup

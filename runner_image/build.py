@@ -159,7 +159,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lock", action="store_true", help="rewrite requirements.lock first")
     ap.add_argument("--force", action="store_true", help="build even if the inputs are unchanged")
+    ap.add_argument("--if-possible", action="store_true",
+                    help="say why and exit 0 where podman cannot run (make test: the podman "
+                         "tests then skip, saying the same)")
     args = ap.parse_args()
+    if args.if_possible:
+        sys.path.insert(0, str(ROOT / "src"))
+        from tickreplay.runner.podman import podman_available
+
+        if problem := podman_available():
+            print(f"runner image not built: {problem}")
+            return
     if args.lock:
         write_lock()
     build(args.force)

@@ -143,6 +143,9 @@ def test_idempotency_key_same_body_same_job_other_body_409(api: ApiStack) -> Non
     ({"mode": "fast"}, "mode"),
     ({"symbol": "AAA"}, "symbol"),
     ({"job_id": "../escape"}, "job_id"),
+    ({"strategy_image": "127.0.0.1:5000/strategies/sma:v1"}, "strategy"),  # both given
+    ({"strategy": None, "strategy_image": "strategies/sma:v1"}, "strategy_image"),  # no host
+    ({"strategy": None, "strategy_image": "127.0.0.1:5000/Bad/Case"}, "strategy_image"),
 ])
 def test_invalid_bodies_are_422_naming_the_field(api: ApiStack, change: dict, field: str) -> None:
     before = api.store.counts()

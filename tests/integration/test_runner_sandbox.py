@@ -25,8 +25,9 @@ from tickreplay.data.catalog import plan_data
 from tickreplay.data.generate import generate
 from tickreplay.data.objectstore import LocalStore
 from tickreplay.results import load_results, result_hash
+from tickreplay.runner.backends import RunnerPool
 from tickreplay.runner.driver import fetch_plan, run_local
-from tickreplay.runner.pool import RunnerPool, sandbox_mode
+from tickreplay.runner.pool import sandbox_mode
 from tickreplay.runner.protocol import RunnerJob
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
@@ -334,3 +335,34 @@ def test_sigterm_writes_a_final_checkpoint_that_resumes_to_the_same_hash(
     (done,) = [m for m in resumed if m["type"] == "done"]
     assert done["resumed_from_ticks"] == ckpt["ticks_done"]
     assert done["result_hash"] == expected
+
+
+@pytest.mark.parametrize("where", ["sandbox", "podman"])
+def test_an_oom_kill_by_the_memory_cap_is_told_apart_from_any_other_death(
+        world: dict[str, Any], where: str, request: pytest.FixtureRequest) -> None:
+    """Memory that address-space accounting does not stop (here: no RLIMIT_AS at all) is
+    stopped by the runner's memory cgroup (the pod's memory limit), and the worker can tell
+    that kill from a crash: ``run_backtest`` then fails the job as OutOfMemory."""
+    if where == "podman":
+        world["image"] = request.getfixturevalue("runner_image")
+    settings = _on(world, where).model_copy(update={"run_memory_mb": 300})
+    spec = _spec(world, f"{STRATEGIES / 'escape.py'}:Escape", {"attack": "allocate",
+                                                                "target": "2"})
+
+    async def go() -> tuple[list[Any], int, bool]:
+        pool = RunnerPool(settings, world["base"] / "runs")
+        runner = await pool.acquire()
+        try:
+            job = _job(world, spec, runner).model_copy(update={"memory_mb": 0})
+            await runner.send(job)
+            msgs = []
+            while (msg := await asyncio.wait_for(runner.messages.get(), 60)) is not None:
+                msgs.append(msg)
+            return msgs, await runner.wait(), runner.oom_killed()
+        finally:
+            await runner.close()
+            await pool.close()
+
+    msgs, code, oom = asyncio.run(go())
+    assert not [m for m in msgs if m.type in ("done", "error")], msgs  # killed, no last word
+    assert code != 0 and oom, (code, oom)

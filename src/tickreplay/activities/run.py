@@ -60,7 +60,7 @@ class RunActivity(NodeContext):
     @reports_errors
     async def run_backtest(self, inp: t.RunInput) -> t.RunOutput:
         """Run the engine in a sandboxed runner; seal and heartbeat its checkpoints; resume."""
-        from tickreplay.runner.pool import RunnerPool
+        from tickreplay.runner.backends import RunnerPool
 
         info = activity.info()
         resume = t.RunHeartbeat.resume_point(info.heartbeat_details, inp.resume)

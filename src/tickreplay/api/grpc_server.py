@@ -71,7 +71,7 @@ _BY_HTTP = {
 }
 # SubmitBacktestRequest fields that are `optional` in the proto: unset -> the REST default.
 _OPTIONAL = ("latency_ms", "slippage_bps", "commission", "initial_cash", "seed", "mode",
-             "job_id", "checkpoint_every_s", "stall_timeout_s", "deadline_s")
+             "job_id", "checkpoint_every_s", "stall_timeout_s", "deadline_s", "strategy_image")
 # Required string fields: "" (proto3's unset) is left out so the error says "Field required".
 _REQUIRED = ("strategy", "start_date", "end_date")
 _MAX_SAFE_INT = 2**53
