@@ -34,10 +34,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The podman backend's tests run this checkout's runner image: built first (skipped when
-# current, and where podman cannot run), so its ~2 min first build is not test time.
+# current, and where podman cannot run), so its ~2 min first build is not test time. Two
+# pytest workers, a test file each (module fixtures stay per file): most integration tests
+# wait on heartbeats and timeouts, so two in parallel fit two cores.
 test: setup
 	$(PY) runner_image/build.py --if-possible
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 test-unit: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

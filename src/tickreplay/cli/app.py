@@ -18,7 +18,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reproducible tick-level backtests on Parquet + S3.")
-console = Console()
+console = Console(soft_wrap=True)  # a path or id printed is never broken across lines
 err = Console(stderr=True, soft_wrap=True)
 
 
