@@ -22,6 +22,8 @@ import pytest
 from registrykit import start_registry
 from wfkit import (
     EXAMPLES,
+    FAST_FAILOVER,
+    STRATEGIES,
     isolated_settings,
     server_heartbeat,
     spawn_worker,
@@ -37,8 +39,6 @@ from tickreplay.spec import BacktestSpec
 from tickreplay.workflows.types import JobOptions
 
 pytestmark = pytest.mark.integration
-STRATEGIES = Path(__file__).resolve().parents[1] / "strategies"
-FAST_FAILOVER = {"heartbeat_timeout_s": 3.0, "schedule_to_start_s": 3.0}
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from wfkit import (
     EXAMPLES,
+    FAST_FAILOVER,
     HISTORIES,
     isolated_settings,
     record_history,
@@ -38,7 +39,6 @@ from tickreplay.spec import BacktestSpec
 from tickreplay.workflows.types import JobOptions, SweepInput
 
 pytestmark = pytest.mark.integration
-FAST_FAILOVER = {"heartbeat_timeout_s": 3.0, "schedule_to_start_s": 3.0}
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,9 @@ from tickreplay.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 HISTORIES = ROOT / "tests" / "histories"
+STRATEGIES = ROOT / "tests" / "strategies"
+# A lost worker noticed in 3 s, a run re-placed after 3 s without a poller.
+FAST_FAILOVER = {"heartbeat_timeout_s": 3.0, "schedule_to_start_s": 3.0}
 
 
 async def record_history(client: Any, job_id: str, name: str) -> None:
