@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -118,34 +119,45 @@ async def test_a_strategy_image_runs_by_the_digest_its_tag_resolved_to(
     assert moved != pinned
 
 
-async def test_a_sigkilled_pod_resumes_from_its_checkpoint_to_the_same_hash(
-        psettings: Settings, worker: list) -> None:
-    """The pod dies (SIGKILL: a lost node, an OOM kill of the container) while its worker
-    lives: the attempt fails as retryable, the next one resumes from the last checkpoint."""
-    spec = _spec(psettings, str(STRATEGIES / "busy_momentum.py"), {"work": 300})
-    reference = result_hash(run_local(spec, psettings.model_copy(
-        update={"cache_dir": psettings.home / "refcache"})))
-    client = await jobs.connect(psettings)
-    job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.2, **FAST_FAILOVER))
-    handle = await jobs.submit(client, psettings, job)
+@pytest.mark.parametrize("backend", ["podman", "sandbox"])
+async def test_a_sigkilled_pod_or_sandbox_resumes_from_its_checkpoint_to_the_same_hash(
+        psettings: Settings, backend: str, tmp_path: Path) -> None:
+    """The pod or sandbox dies (SIGKILL: a lost node, an OOM kill of the container) while its
+    worker lives: the attempt fails as retryable, the next one resumes from the last
+    checkpoint, and the worker keeps serving."""
+    settings = psettings.model_copy(update={"runner_backend": backend})
+    spec = _spec(settings, str(STRATEGIES / "busy_momentum.py"), {"work": 300})
+    reference = result_hash(run_local(spec, settings.model_copy(
+        update={"cache_dir": tmp_path / "refcache"})))
+    worker = spawn_worker(settings, tmp_path / "worker.log")
+    try:
+        client = await jobs.connect(settings)
+        job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.2, **FAST_FAILOVER))
+        handle = await jobs.submit(client, settings, job)
 
-    async def checkpointed() -> str | None:
-        hb = await server_heartbeat(client, job.job_id)
-        if not (hb and hb.get("checkpoint_key")):
-            return None
-        pods = await asyncio.to_thread(
-            subprocess.run, ["podman", "pod", "ps", "--filter",
-                             f"label=tickreplay.io/job={job.job_id}", "--format", "{{.Name}}"],
-            capture_output=True, text=True, check=False)
-        return pods.stdout.split()[0] if pods.stdout.split() else None
+        async def checkpointed() -> bool:
+            hb = await server_heartbeat(client, job.job_id)
+            return bool(hb and hb.get("checkpoint_key"))
 
-    pod = await wait_for(checkpointed, 120, 0.1)
-    await asyncio.to_thread(subprocess.run, ["podman", "kill", "--signal", "KILL",
-                                             f"{pod}-runner"], check=True, capture_output=True)
-    result = await asyncio.wait_for(handle.result(), 240)
-    assert result.result_hash == reference
-    evs = _events(psettings, job.job_id)
-    finished = [e for e in evs if e["kind"] == "run_finished"]
-    assert finished and finished[-1]["resumed_from_ticks"] > 0  # resumed, not restarted
-    assert len([e for e in evs if e["kind"] == "runner_started"]) >= 2
-    assert worker[0].poll() is None  # the worker kept serving
+        await wait_for(checkpointed, 120, 0.1)
+        if backend == "podman":
+            pods = await asyncio.to_thread(
+                subprocess.run, ["podman", "pod", "ps", "--filter",
+                                 f"label=tickreplay.io/job={job.job_id}", "--format",
+                                 "{{.Name}}"], capture_output=True, text=True, check=True)
+            await asyncio.to_thread(subprocess.run, ["podman", "kill", "--signal", "KILL",
+                                                     f"{pods.stdout.split()[0]}-runner"],
+                                    check=True, capture_output=True)
+        else:  # the sandbox's process group (bwrap and the runner in it)
+            (started,) = [e for e in _events(settings, job.job_id)
+                          if e["kind"] == "runner_started"]
+            os.killpg(started["pid"], signal.SIGKILL)
+        result = await asyncio.wait_for(handle.result(), 240)
+        assert result.result_hash == reference
+        evs = _events(settings, job.job_id)
+        finished = [e for e in evs if e["kind"] == "run_finished"]
+        assert finished and finished[-1]["resumed_from_ticks"] > 0  # resumed, not restarted
+        assert [e["backend"] for e in evs if e["kind"] == "runner_started"] == [backend] * 2
+        assert worker.poll() is None  # the worker kept serving
+    finally:
+        stop_process(worker, signal.SIGKILL)
