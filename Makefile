@@ -12,7 +12,8 @@ setup: $(STAMP) sandbox
 # Debian packages the runner and its tests need, installed when missing and we are root:
 # bubblewrap (the runner's sandbox: no network, no key, one writable dir), docker-registry
 # (a real OCI registry for the strategy-image tests), podman with runc and its helpers, and
-# debootstrap (the runner image's local base: nothing can be pulled here). podman as root needs
+# debootstrap (the runner image's local base: nothing can be pulled here), and kubectl where an
+# apt source has it (`kubectl kustomize` renders deploy/ for its tests). podman as root needs
 # runner_image/containers.conf (runc, cgroupfs, file events, ulimits it can grant), written to
 # /etc/containers when none is there. Without them runners run unsandboxed and those tests are
 # skipped, saying why.
@@ -24,6 +25,8 @@ sandbox system-deps:
 	  && (apt-get install -y -q $$missing >/dev/null 2>&1 || \
 	      (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1)) \
 	  || echo "warning: could not install$$missing"; }
+	@command -v kubectl >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q kubectl \
+	  >/dev/null 2>&1; } || echo "warning: no kubectl (the deploy/ manifest tests will skip)"
 	@[ "$$(id -u)" != 0 ] || [ -f /etc/containers/containers.conf ] || \
 	  { mkdir -p /etc/containers && cp runner_image/containers.conf /etc/containers/; }
 

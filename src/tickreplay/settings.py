@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     cache_max_bytes: int = 20 * 1024**3
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
+    temporal_tls_cert: Path | None = Field(None, description="Client certificate (PEM) for "
+                                                             "mTLS to Temporal (Temporal Cloud)")
+    temporal_tls_key: Path | None = Field(None, description="Its private key (PEM)")
+    temporal_tls_ca: Path | None = Field(None, description="CA bundle of a self-hosted "
+                                                           "Temporal's server certificate")
+    temporal_api_key: str | None = Field(None, description="Temporal Cloud API key (instead "
+                                                           "of a client certificate)")
     task_queue: str = "tickreplay"
     max_concurrent_runs: int = Field(default_factory=lambda: os.cpu_count() or 1)
     shutdown_grace_s: float = 45.0
@@ -142,6 +149,24 @@ class Settings(BaseSettings):
             if name.strip() == stage:
                 return float(seconds)
         return 0.0
+
+    def temporal_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``temporalio.client.Client.connect`` besides the address: the
+        namespace, and TLS (a client certificate, or an API key) when configured."""
+        options: dict[str, Any] = {"namespace": self.temporal_namespace}
+        if self.temporal_tls_cert or self.temporal_tls_ca or self.temporal_api_key:
+            from temporalio.service import TLSConfig
+
+            options["tls"] = TLSConfig(
+                client_cert=self.temporal_tls_cert.read_bytes() if self.temporal_tls_cert
+                else None,
+                client_private_key=self.temporal_tls_key.read_bytes() if self.temporal_tls_key
+                else None,
+                server_root_ca_cert=self.temporal_tls_ca.read_bytes() if self.temporal_tls_ca
+                else None)
+        if self.temporal_api_key:
+            options["api_key"] = self.temporal_api_key
+        return options
 
     def registry_insecure_hosts(self) -> set[str]:
         """The registries reached over plain HTTP besides loopback ones."""

@@ -6,11 +6,10 @@ misplaced field is dropped by the model, so the round trip would differ.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiClient
+from kubekit import roundtrip
 
 from tickreplay.runner.kubejob import (
     LABEL_ATTEMPT,
@@ -24,15 +23,6 @@ from tickreplay.runner.kubejob import (
 )
 
 IMAGE = "registry.example:5000/strategies/sma@sha256:" + "ab" * 32
-
-
-def roundtrip(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    """``obj`` through the client's ``kind`` model and back (unknown fields vanish)."""
-    class Response:
-        data = json.dumps(obj)
-
-    api = ApiClient()
-    return api.sanitize_for_serialization(api.deserialize(Response(), kind))
 
 
 def _job(**kw: Any) -> dict[str, Any]:

@@ -131,7 +131,7 @@ class JobService:
                     try:
                         self._temporal = await asyncio.wait_for(Client.connect(
                             self.settings.temporal_address,
-                            namespace=self.settings.temporal_namespace), 10)
+                            **self.settings.temporal_options()), 10)
                     except Exception as e:  # noqa: BLE001 - any failure: not reachable
                         raise Unavailable(f"Temporal at {self.settings.temporal_address} is "
                                           f"not reachable: {e}") from None

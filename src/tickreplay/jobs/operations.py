@@ -57,7 +57,7 @@ _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 async def connect(settings: Settings) -> Client:
     """A Temporal client for the configured address and namespace."""
-    return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+    return await Client.connect(settings.temporal_address, **settings.temporal_options())
 
 
 def _check_job_id(job_id: str | None) -> None:

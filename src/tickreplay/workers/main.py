@@ -36,7 +36,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
                      ready: asyncio.Event | None = None) -> None:
     """Run both workers until ``stop`` is set, then shut down gracefully."""
     client = client or await Client.connect(settings.temporal_address,
-                                            namespace=settings.temporal_namespace)
+                                            **settings.temporal_options())
     node = node_name(settings)
     node_queue = f"{settings.task_queue}-node-{node}"
     acts = BacktestActivities(settings, node_queue, node)
