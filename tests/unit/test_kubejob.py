@@ -26,9 +26,9 @@ IMAGE = "registry.example:5000/strategies/sma@sha256:" + "ab" * 32
 
 
 def _job(**kw: Any) -> dict[str, Any]:
-    args: dict[str, Any] = dict(job_id="bt-0123456789abcdef", user="alice", attempt=3,
-                                image=IMAGE, node="node-7", worker="node-7-w", out_dir="/ssd/o",
-                                inputs_dir="/ssd/i", deadline_s=7200)
+    args: dict[str, Any] = {"job_id": "bt-0123456789abcdef", "user": "alice", "attempt": 3,
+                            "image": IMAGE, "node": "node-7", "worker": "node-7-w",
+                            "out_dir": "/ssd/o", "inputs_dir": "/ssd/i", "deadline_s": 7200}
     args.update(kw)
     return runner_job(**args)
 
