@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Self
 
 from tickreplay.errors import ImageNotFound, RunnerDied
 from tickreplay.runner.podspec import INPUTS, OUT, RUNNER_UID, runner_pod
@@ -70,13 +71,18 @@ class PodRunner(RunnerProcess):
     pod: str
     container: str
     ctl: Path
+    settings: Settings
     _waiter: asyncio.Task[int]
     _pid = 0
 
     @classmethod
     async def spawn_pod(cls, settings: Settings, runs_dir: Path, image: str,
-                        labels: dict[str, str] | None = None) -> PodRunner:
-        """Start the Pod and wait for its runner to connect (it is then idle, awaiting a job)."""
+                        labels: dict[str, str] | None = None, **context: str) -> Self:
+        """Start the Pod and wait for its runner to connect (it is then idle, awaiting a job).
+
+        ``context`` is what :meth:`_start` of a subclass needs besides (the Kubernetes
+        backend: the job id, user and attempt its Job is labelled with).
+        """
         runs_dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
         inputs = workdir.with_name(workdir.name + ".inputs")
@@ -86,7 +92,7 @@ class PodRunner(RunnerProcess):
         os.chmod(workdir, 0o700)
         if os.geteuid() == 0:  # rootful podman: the image's user owns its output dir
             os.chown(workdir, RUNNER_UID, RUNNER_UID)
-        pod = f"tr-{uuid.uuid4().hex[:16]}"
+        name = f"tr-{uuid.uuid4().hex[:16]}"
         sock_path = workdir / "chan.sock"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(sock_path))
@@ -95,29 +101,15 @@ class PodRunner(RunnerProcess):
         os.chmod(sock_path, 0o600)
         listener.listen(1)
         listener.setblocking(False)
-        spec = runner_pod(pod, image, out_dir=str(workdir), inputs_dir=str(inputs),
-                          cpus=settings.run_cpus, memory_mb=settings.run_memory_mb,
-                          labels=labels)
-        (ctl / "pod.json").write_text(json.dumps(spec, indent=1))  # JSON is YAML
         try:
-            play = await asyncio.create_subprocess_exec(
-                PODMAN, "kube", "play", "--network", "none", *_registry_flags(settings, image),
-                str(ctl / "pod.json"), cwd=ctl, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            _, err = await play.communicate()
-            if play.returncode != 0:
-                text = err.decode(errors="replace").strip()[-2000:]
-                if "pull" in text.lower() and any(s in text.lower() for s in _NOT_FOUND):
-                    raise ImageNotFound(f"podman cannot pull {image}: {text}")
-                raise RunnerDied(f"podman kube play of {image} failed: {text}")
-            container = f"{pod}-runner"
-            waiter = asyncio.ensure_future(_podman_wait(container))
+            name, waiter = await cls._start(settings, image, name, workdir, inputs, ctl,
+                                            labels or {}, context)
             accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(listener))
             done, _ = await asyncio.wait({accept, waiter}, timeout=settings.pod_start_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
             if accept not in done:
                 accept.cancel()
-                said = await _podman_logs(container)
+                said = await cls._said(settings, name)
                 if waiter.done():
                     raise RunnerDied(f"the runner pod exited with code {waiter.result()} before "
                                      f"it connected; its output: {said or '(none)'}")
@@ -126,22 +118,53 @@ class PodRunner(RunnerProcess):
             conn, _ = accept.result()
         except BaseException:
             listener.close()
-            await asyncio.to_thread(_remove_pod, pod)
+            await asyncio.to_thread(cls._discard, settings, name)
             for d in (workdir, inputs, ctl):
                 shutil.rmtree(d, ignore_errors=True)
             raise
         listener.close()
         sock_path.unlink(missing_ok=True)  # one connection, the runner's: nobody else's
         reader, writer = await asyncio.open_unix_connection(sock=conn, limit=2**24)
-        logs = await asyncio.create_subprocess_exec(
-            PODMAN, "logs", "--follow", container, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        runner = cls(logs, reader, writer, workdir)
-        runner.inputs, runner.ctl, runner.pod, runner.container = inputs, ctl, pod, container
+        runner = cls(await cls._output(name), reader, writer, workdir)
+        runner.inputs, runner.ctl, runner.pod = inputs, ctl, name
+        runner.container, runner.settings = f"{name}-runner", settings
         runner._waiter = waiter
-        runner._pid = await _container_pid(container)
-        _cap_pids(runner._pid, settings.run_pids_max)
+        await runner._attached()
         return runner
+
+    # ------------------------------------------- what the Kubernetes backend does differently
+    @classmethod
+    async def _start(cls, settings: Settings, image: str, name: str, workdir: Path,
+                     inputs: Path, ctl: Path, labels: dict[str, str], context: dict[str, str]
+                     ) -> tuple[str, asyncio.Task[int]]:
+        """Start the runner; ``(its name, a task giving its exit code)``."""
+        spec = runner_pod(name, image, out_dir=str(workdir), inputs_dir=str(inputs),
+                          cpus=settings.run_cpus, memory_mb=settings.run_memory_mb,
+                          labels=labels)
+        (ctl / "pod.json").write_text(json.dumps(spec, indent=1))  # JSON is YAML
+        await play_pod(ctl / "pod.json", settings, image)
+        return name, asyncio.ensure_future(_podman_wait(f"{name}-runner"))
+
+    @classmethod
+    async def _said(cls, settings: Settings, name: str) -> str:
+        """The runner's output so far (for an error message)."""
+        return await _podman_logs(f"{name}-runner")
+
+    @classmethod
+    async def _output(cls, name: str) -> asyncio.subprocess.Process | None:
+        """A process whose stdout/stderr are the runner's (pumped into the bounded output)."""
+        return await asyncio.create_subprocess_exec(
+            PODMAN, "logs", "--follow", f"{name}-runner", stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+    async def _attached(self) -> None:
+        """After the runner connected, before its job: cap its processes."""
+        self._pid = await _container_pid(self.container)
+        _cap_pids(self._pid, self.settings.run_pids_max)
+
+    @classmethod
+    def _discard(cls, settings: Settings, name: str) -> None:
+        _remove_pod(name)
 
     @property
     def pid(self) -> int:
@@ -178,7 +201,7 @@ class PodRunner(RunnerProcess):
         code = await self._waiter
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.gather(*self._tasks[:2], return_exceptions=True), 10)
-        if self.proc.returncode is None:
+        if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
         return code
 
@@ -186,12 +209,27 @@ class PodRunner(RunnerProcess):
         return (self.ctl / "oom").exists()
 
     def remove(self) -> None:
-        _remove_pod(self.pod)
-        if self.proc.returncode is None:
+        self._discard(self.settings, self.pod)
+        if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
         super().remove()
         shutil.rmtree(self.ctl, ignore_errors=True)
+
+
+async def play_pod(spec_file: Path, settings: Settings, image: str) -> None:
+    """``podman kube play --network none`` of a Pod spec file, from its directory (conmon's
+    ``oom`` marker lands there)."""
+    play = await asyncio.create_subprocess_exec(
+        PODMAN, "kube", "play", "--network", "none", *_registry_flags(settings, image),
+        str(spec_file), cwd=spec_file.parent, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await play.communicate()
+    if play.returncode != 0:
+        text = err.decode(errors="replace").strip()[-2000:]
+        if "pull" in text.lower() and any(s in text.lower() for s in _NOT_FOUND):
+            raise ImageNotFound(f"podman cannot pull {image}: {text}")
+        raise RunnerDied(f"podman kube play of {image} failed: {text}")
 
 
 async def _podman(*argv: str) -> tuple[int, str]:

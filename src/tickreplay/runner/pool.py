@@ -199,7 +199,7 @@ def _is_runner(pid: int) -> bool:
 class RunnerProcess:
     """One spawned runner: its process, channel, bounded output, and private work dir."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+    def __init__(self, proc: asyncio.subprocess.Process | None, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, workdir: Path) -> None:
         self.proc = proc
         self.reader = reader
@@ -211,8 +211,11 @@ class RunnerProcess:
         self.bad_lines = 0  # lines on the channel that were not a valid message
         self.inputs = workdir.with_name(workdir.name + ".inputs")
         self.cgroup: Any = None
-        self._tasks = [asyncio.ensure_future(self._pump(proc.stdout, self.stdout)),
-                       asyncio.ensure_future(self._pump(proc.stderr, self.stderr)),
+        # (No process: a runner elsewhere, e.g. a Kubernetes pod, whose output is read after.)
+        self._tasks = [asyncio.ensure_future(self._pump(proc.stdout if proc else None,
+                                                        self.stdout)),
+                       asyncio.ensure_future(self._pump(proc.stderr if proc else None,
+                                                        self.stderr)),
                        asyncio.ensure_future(self._read_channel())]
 
     @classmethod
@@ -247,10 +250,15 @@ class RunnerProcess:
         runner.inputs, runner.cgroup = inputs, cgroup
         return runner
 
+    def _process(self) -> asyncio.subprocess.Process:
+        """The runner's process (a process or sandbox runner always has one)."""
+        assert self.proc is not None, "a runner without a local process overrides this"
+        return self.proc
+
     @property
     def pid(self) -> int:
         """The runner's pid on the host (the leader of its process group)."""
-        return self.proc.pid
+        return self._process().pid
 
     def visible(self, path: Path) -> str:
         """``path`` as the runner sees it (the same path: the sandbox binds it in place)."""
@@ -295,7 +303,7 @@ class RunnerProcess:
         await self.messages.put(None)  # channel closed: the runner is gone
 
     def alive(self) -> bool:
-        return self.proc.returncode is None
+        return self._process().returncode is None
 
     async def send(self, obj: RunnerJob | str) -> None:
         """Send the job, or a control line such as ``protocol.STOP``."""
@@ -307,13 +315,13 @@ class RunnerProcess:
             pass
 
     def kill(self) -> None:
-        if self.proc.returncode is None:
-            kill_group(self.proc.pid)
+        if self._process().returncode is None:
+            kill_group(self._process().pid)
 
     def terminate(self) -> None:
         """SIGTERM to the runner, as a node drain or spot reclaim sends it: it writes a final
         checkpoint and stops."""
-        if self.proc.returncode is None:
+        if self._process().returncode is None:
             # Under bubblewrap the runner has a session of its own inside: signal it there
             # (bwrap itself would die of SIGTERM and take the runner with it, unsaved).
             pids = [p for p in (self.cgroup.pids() if self.cgroup is not None else [])
@@ -322,10 +330,10 @@ class RunnerProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
             if not pids:
-                kill_group(self.proc.pid, signal.SIGTERM)
+                kill_group(self._process().pid, signal.SIGTERM)
 
     async def wait(self) -> int:
-        code = await self.proc.wait()
+        code = await self._process().wait()
         await asyncio.gather(*self._tasks[:2], return_exceptions=True)
         return code
 
