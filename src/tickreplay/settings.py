@@ -93,6 +93,15 @@ class Settings(BaseSettings):
     pod_start_timeout_s: float = Field(
         120.0, gt=0, description="How long a runner pod may take to start (image pull "
                                  "included) before the attempt fails and is retried")
+    kube_api_url: str | None = Field(
+        None, description="Kubernetes API server for the kubernetes backend (default: the "
+                          "in-cluster service account, else ~/.kube/config)")
+    kube_namespace: str = Field("tickreplay", description="Namespace of the runner Jobs")
+    kube_node_home: str | None = Field(
+        None, description="The state dir (home) as a path on the node, for the runner Job's "
+                          "hostPath volumes (the DaemonSet mounts it at home)")
+    kube_spot: bool = Field(True, description="Runner Jobs tolerate the spot pool's taints "
+                                              "and prefer its nodes")
     registry_username: str | None = Field(None, description="Strategy image registry user")
     registry_password: str | None = Field(None, description="Strategy image registry password")
     registry_insecure: str = Field(
@@ -167,6 +176,12 @@ class Settings(BaseSettings):
         if self.temporal_api_key:
             options["api_key"] = self.temporal_api_key
         return options
+
+    def kube_node_name(self) -> str:
+        """This worker's Kubernetes node (``node_id``: the DaemonSet sets it to spec.nodeName)."""
+        import socket
+
+        return self.node_id or socket.gethostname()
 
     def registry_insecure_hosts(self) -> set[str]:
         """The registries reached over plain HTTP besides loopback ones."""

@@ -35,12 +35,17 @@ class RunnerPool:
         Raises:
             SpecError: A strategy image on a backend that cannot run images.
         """
+        if self.backend == "kubernetes":
+            from tickreplay.runner.kubernetes import KubeRunner  # the client only here
+
+            return await KubeRunner.spawn_pod(self.settings, self.runs_dir,
+                                              image or self.settings.runner_image, labels)
         if self.backend == "podman":
             return await PodRunner.spawn_pod(self.settings, self.runs_dir,
                                              image or self.settings.runner_image, labels)
         if image:
-            raise SpecError(f"field 'strategy_image': {image} needs the podman runner backend "
-                            f"(TICKREPLAY_RUNNER_BACKEND=podman); this worker runs "
+            raise SpecError(f"field 'strategy_image': {image} needs the podman or kubernetes "
+                            f"runner backend (TICKREPLAY_RUNNER_BACKEND); this worker runs "
                             f"'{self.backend}'")
         runner = None
         spare, self._spare = self._spare, None  # taken before awaiting: never handed out twice

@@ -57,7 +57,7 @@ class BoundedOutput:
                 + bytes(self.tail).decode(errors="replace"))
 
 
-BACKENDS = ("process", "sandbox", "podman")
+BACKENDS = ("process", "sandbox", "podman", "kubernetes")
 
 
 def backend_name(settings: Settings) -> str:
@@ -82,7 +82,7 @@ def sandbox_mode(settings: Settings) -> str:
     pods are confined by podman; the worker's other children (the params inspector) still use
     bubblewrap when it is installed."""
     backend = backend_name(settings)
-    if backend == "podman":
+    if backend in ("podman", "kubernetes"):
         return "bwrap" if shutil.which("bwrap") else "process"
     return "bwrap" if backend == "sandbox" else "process"
 
@@ -279,6 +279,11 @@ class RunnerProcess:
                 shutil.copyfile(src, dest)
             out[key] = self.visible(dest)
         return out
+
+    def exit_failure(self) -> tuple[str, str] | None:
+        """``(error code, message)`` when how the runner ended says more than its exit code
+        (a Kubernetes Job's deadline); None here."""
+        return None
 
     def oom_killed(self) -> bool:
         """Whether the runner's memory cap killed it."""

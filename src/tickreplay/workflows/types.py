@@ -136,6 +136,7 @@ class RunInput:
     ticks_total: int
     options: JobOptions
     resume: RunHeartbeat | None = None  # where to resume (from a lost attempt's heartbeat)
+    user: str = ""  # who submitted it (a label of its runner Job on Kubernetes)
 
 
 @dataclass
