@@ -32,6 +32,24 @@ def node_name(settings: Settings) -> str:
     return settings.node_id or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
+async def _clean_orphans(settings: Settings) -> None:
+    """Kubernetes backend: delete the runner Jobs a dead predecessor on this node left (their
+    attempts are Temporal's to retry, from their checkpoints)."""
+    from tickreplay.runner.pool import backend_name
+
+    if backend_name(settings) != "kubernetes":
+        return
+    from tickreplay.runner.kubernetes import clean_orphans
+
+    try:
+        gone = await asyncio.to_thread(clean_orphans, settings)
+    except Exception:  # the API may be down: the Jobs' deadlines still end them
+        log.warning("could not clean up orphaned runner Jobs", exc_info=True)
+        return
+    if gone:
+        log.info("deleted %d orphaned runner Jobs: %s", len(gone), ", ".join(gone))
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client | None = None,
                      ready: asyncio.Event | None = None) -> None:
     """Run both workers until ``stop`` is set, then shut down gracefully."""
@@ -39,6 +57,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event, *, client: Client 
                                             **settings.temporal_options())
     node = node_name(settings)
     node_queue = f"{settings.task_queue}-node-{node}"
+    await _clean_orphans(settings)
     acts = BacktestActivities(settings, node_queue, node)
     records = JobRecordActivities(settings)
     grace = timedelta(seconds=settings.shutdown_grace_s)
