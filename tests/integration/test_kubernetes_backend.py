@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class Kubelet:
         self.settings, self.mode = settings, mode
         self.seen: dict[str, dict[str, Any]] = {}
         self.tasks: list[asyncio.Task[None]] = []
+        self.pods: list[str] = []  # the podman pods it played
 
     async def loop(self) -> None:
         api, batch, _ = kube_clients(self.settings)
@@ -67,15 +69,17 @@ class Kubelet:
         await asyncio.to_thread(core.create_namespaced_pod, NS, pod)
         ctl = Path(self.settings.home) / "kubelet" / name
         ctl.mkdir(parents=True, exist_ok=True)
-        played = {**pod, "metadata": {"name": name, "labels": pod["metadata"]["labels"]}}
+        local = f"{name}-{uuid.uuid4().hex[:6]}"  # unique on this machine, removed after
+        self.pods.append(local)
+        played = {**pod, "metadata": {"name": local, "labels": pod["metadata"]["labels"]}}
         (ctl / "pod.json").write_text(json.dumps(played))
         await play_pod(ctl / "pod.json", self.settings, template["spec"]["containers"][0]["image"])
-        container = f"{name}-runner"
+        container = f"{local}-runner"
         if self.mode != "run":
             await asyncio.sleep(1.5)  # the runner has connected and started its job
             await _podman("kill", "--signal", "KILL", container)
         code = int((await _podman("wait", container)).splitlines()[-1])
-        await _podman("pod", "rm", "--force", "--time", "0", name)
+        await _podman("pod", "rm", "--force", "--time", "0", local)
         terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
         pod_status: dict[str, Any] = {"phase": "Succeeded" if code == 0 else "Failed"}
         job_cond = {"type": "Complete" if code == 0 else "Failed", "status": "True",
@@ -124,6 +128,8 @@ async def cluster(kw: dict[str, Any], mode: str = "run") -> AsyncIterator[tuple[
             task.cancel()
             for t in kubelet.tasks:
                 t.cancel()
+            for local in kubelet.pods:  # never leave a pod behind (a cancelled run's, say)
+                await _podman("pod", "rm", "--force", "--time", "0", local)
 
 
 async def _run_one(kw: dict[str, Any], settings: Settings, labels: dict[str, str],
