@@ -69,7 +69,7 @@ class KubeRunner(PodRunner):
 
     @classmethod
     async def _start(cls, settings: Settings, image: str, name: str, workdir: Path,
-                     inputs: Path, ctl: Path, labels: dict[str, str], context: dict[str, str]
+                     inputs: Path, ctl: Path, labels: dict[str, str]
                      ) -> tuple[str, asyncio.Task[int]]:
         attempt = int(labels.get("tickreplay.io/attempt") or 1)
         job_id = labels.get("tickreplay.io/job") or name
@@ -125,7 +125,7 @@ class KubeRunner(PodRunner):
         code = await self._waiter
         with contextlib.suppress(Exception):
             self.stderr.add((await asyncio.to_thread(pod_log, self.settings, self.job)).encode())
-        self.last = _OUTCOMES.get(self.job)
+        self.last = _OUTCOMES.pop(self.job, None) or self.last  # taken: the table never grows
         return code
 
     def oom_killed(self) -> bool:
@@ -150,7 +150,8 @@ def _quietly(fn: Any, *args: Any) -> None:
         logging.getLogger(__name__).warning("%s%s failed", fn.__name__, args[1:], exc_info=True)
 
 
-# The last outcome seen per Job name (set by the watch, read by wait()).
+# The outcome the watch saw per Job name, until wait() takes it (the waiter's result is the
+# exit code, as for every pod runner; this is the rest).
 _OUTCOMES: dict[str, Outcome] = {}
 
 

@@ -77,11 +77,11 @@ class PodRunner(RunnerProcess):
 
     @classmethod
     async def spawn_pod(cls, settings: Settings, runs_dir: Path, image: str,
-                        labels: dict[str, str] | None = None, **context: str) -> Self:
+                        labels: dict[str, str] | None = None) -> Self:
         """Start the Pod and wait for its runner to connect (it is then idle, awaiting a job).
 
-        ``context`` is what :meth:`_start` of a subclass needs besides (the Kubernetes
-        backend: the job id, user and attempt its Job is labelled with).
+        ``labels`` name the run (job, user, attempt, deadline): pod labels here, and what the
+        Kubernetes backend builds its Job from.
         """
         runs_dir.mkdir(parents=True, exist_ok=True)
         workdir = Path(tempfile.mkdtemp(prefix="run-", dir=runs_dir))
@@ -103,7 +103,7 @@ class PodRunner(RunnerProcess):
         listener.setblocking(False)
         try:
             name, waiter = await cls._start(settings, image, name, workdir, inputs, ctl,
-                                            labels or {}, context)
+                                            labels or {})
             accept = asyncio.ensure_future(asyncio.get_running_loop().sock_accept(listener))
             done, _ = await asyncio.wait({accept, waiter}, timeout=settings.pod_start_timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -135,7 +135,7 @@ class PodRunner(RunnerProcess):
     # ------------------------------------------- what the Kubernetes backend does differently
     @classmethod
     async def _start(cls, settings: Settings, image: str, name: str, workdir: Path,
-                     inputs: Path, ctl: Path, labels: dict[str, str], context: dict[str, str]
+                     inputs: Path, ctl: Path, labels: dict[str, str]
                      ) -> tuple[str, asyncio.Task[int]]:
         """Start the runner; ``(its name, a task giving its exit code)``."""
         spec = runner_pod(name, image, out_dir=str(workdir), inputs_dir=str(inputs),
