@@ -2,142 +2,38 @@
 
 No API server, kubelet or job controller can run on these machines, so: PyPI ``kmock``'s
 ``KubernetesEmulator`` serves the Kubernetes API on localhost (it stores objects and runs no
-controller), and this module's ``Kubelet`` plays the job controller and the kubelet. For each
-runner Job the worker creates it makes the Pod object, then runs the Job's pod template FOR
-REAL with ``podman kube play`` (the runner image, the worker's hostPath directories, the
-channel socket), and writes the container's end into the Pod's and the Job's status, or, when
-told to, what an eviction, an OOM kill or a deadline looks like. So the backtest numbers are
-real; the status transitions are the ones a cluster would write.
+controller), and ``kubekit.Kubelet`` plays the job controller and the kubelet: it runs each
+runner Job's pod template FOR REAL with ``podman kube play`` and writes the status a cluster
+would (see ``tests/kubekit.py``). So the backtest numbers are real; the status transitions are
+the ones a cluster would write. The same through Temporal: ``test_kubernetes_temporal.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from kubekit import NS, cluster
 from test_runner_sandbox import SMA, STRATEGIES, _job, _spec, world  # noqa: F401 - a fixture
 
+from tickreplay.errors import StrategyError
 from tickreplay.results import load_results, result_hash
 from tickreplay.runner.backends import RunnerPool
 from tickreplay.runner.kubejob import LABEL_ATTEMPT, LABEL_JOB, LABEL_USER, LABEL_WORKER
 from tickreplay.runner.kubernetes import clean_orphans, kube_clients
-from tickreplay.runner.podman import play_pod
 from tickreplay.settings import Settings
 
 kmock = pytest.importorskip("kmock")
-NS = "tickreplay"
-
-
-class Kubelet:
-    """The job controller + kubelet of one node, for the emulator: Jobs in, Pods run by podman.
-
-    ``mode`` says how each pod ends: ``run`` (as the container does), ``evict``, ``oom`` or
-    ``deadline`` (the container is killed once the runner has started, and the status says so).
-    """
-
-    def __init__(self, settings: Settings, mode: str = "run") -> None:
-        self.settings, self.mode = settings, mode
-        self.seen: dict[str, dict[str, Any]] = {}
-        self.tasks: list[asyncio.Task[None]] = []
-        self.pods: list[str] = []  # the podman pods it played
-
-    async def loop(self) -> None:
-        api, batch, _ = kube_clients(self.settings)
-        while True:
-            jobs = await asyncio.to_thread(batch.list_namespaced_job, NS)
-            for j in jobs.items:
-                name = j.metadata.name
-                if name not in self.seen:
-                    self.seen[name] = api.sanitize_for_serialization(j)
-                    self.tasks.append(asyncio.ensure_future(self.run(name)))
-            await asyncio.sleep(0.1)
-
-    async def run(self, name: str) -> None:
-        job = self.seen[name]
-        _, batch, core = kube_clients(self.settings)
-        template = job["spec"]["template"]
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": f"{name}-x1", "namespace": NS,
-                            "labels": {**template["metadata"]["labels"], "job-name": name}},
-               "spec": template["spec"]}
-        await asyncio.to_thread(core.create_namespaced_pod, NS, pod)
-        ctl = Path(self.settings.home) / "kubelet" / name
-        ctl.mkdir(parents=True, exist_ok=True)
-        local = f"{name}-{uuid.uuid4().hex[:6]}"  # unique on this machine, removed after
-        self.pods.append(local)
-        played = {**pod, "metadata": {"name": local, "labels": pod["metadata"]["labels"]}}
-        (ctl / "pod.json").write_text(json.dumps(played))
-        await play_pod(ctl / "pod.json", self.settings, template["spec"]["containers"][0]["image"])
-        container = f"{local}-runner"
-        if self.mode != "run":
-            await asyncio.sleep(1.5)  # the runner has connected and started its job
-            await _podman("kill", "--signal", "KILL", container)
-        code = int((await _podman("wait", container)).splitlines()[-1])
-        await _podman("pod", "rm", "--force", "--time", "0", local)
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
-        pod_status: dict[str, Any] = {"phase": "Succeeded" if code == 0 else "Failed"}
-        job_cond = {"type": "Complete" if code == 0 else "Failed", "status": "True",
-                    "reason": "BackoffLimitExceeded"}
-        if self.mode == "evict":
-            pod_status.update(reason="Evicted", message="The node was low on resource: memory.")
-            terminated = {"exitCode": 137, "reason": "Error"}
-        elif self.mode == "oom":
-            terminated = {"exitCode": 137, "reason": "OOMKilled"}
-        elif self.mode == "deadline":
-            job_cond["reason"] = "DeadlineExceeded"
-        pod_status["containerStatuses"] = [{"name": "runner", "ready": False, "restartCount": 0,
-                                            "image": "x", "imageID": "x",
-                                            "state": {"terminated": terminated}}]
-        await asyncio.to_thread(core.patch_namespaced_pod_status, f"{name}-x1", NS,
-                                {"status": pod_status})
-        await asyncio.to_thread(batch.patch_namespaced_job_status, name, NS,
-                                {"status": {"conditions": [job_cond]}})
-
-
-async def _podman(*argv: str) -> str:
-    proc = await asyncio.create_subprocess_exec("podman", *argv,
-                                                stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await proc.communicate()
-    return out.decode().strip()
-
-
-@contextlib.asynccontextmanager
-async def cluster(kw: dict[str, Any], mode: str = "run") -> AsyncIterator[tuple[Settings,
-                                                                                   Kubelet]]:
-    """The emulated API server, settings of a kubernetes-backend worker on node ``node-a``
-    pointed at it, and the node's kubelet."""
-    async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-        emulator.resources["batch/v1/jobs"] = {"kind": "Job", "namespaced": True}
-        emulator.resources["v1/pods"] = {"kind": "Pod", "namespaced": True}
-        settings = kw["settings"].model_copy(update={
-            "runner_backend": "kubernetes", "runner_image": kw["image"],
-            "kube_api_url": str(server.url).rstrip("/"), "kube_namespace": NS,
-            "node_id": "node-a", "run_cpus": 2.0, "run_memory_mb": 2048})
-        kubelet = Kubelet(settings, mode)
-        task = asyncio.ensure_future(kubelet.loop())
-        try:
-            yield settings, kubelet
-        finally:
-            task.cancel()
-            for t in kubelet.tasks:
-                t.cancel()
-            for local in kubelet.pods:  # never leave a pod behind (a cancelled run's, say)
-                await _podman("pod", "rm", "--force", "--time", "0", local)
+SLOW = (f"{STRATEGIES / 'stuck.py'}:Slow", {"work": 2000})
 
 
 async def _run_one(kw: dict[str, Any], settings: Settings, labels: dict[str, str],
-                   slow: bool = False) -> tuple[list[Any], int, Any]:
+                   strategy: tuple[str, dict[str, Any]] = (SMA, {"fast": 5, "slow": 20})
+                   ) -> tuple[list[Any], int, Any]:
     pool = RunnerPool(settings, kw["base"] / "kruns")
     runner = await pool.acquire(labels=labels)
-    spec = (_spec(kw, f"{STRATEGIES / 'stuck.py'}:Slow", {"work": 2000}) if slow
-            else _spec(kw, SMA, {"fast": 5, "slow": 20}))
+    spec = _spec(kw, *strategy)
     try:
         await runner.send(_job(kw, spec, runner))
         msgs = []
@@ -165,7 +61,7 @@ def test_a_runner_job_runs_its_pod_template_to_the_same_hash(kworld: dict[str, A
     """The Job the worker creates carries the issue's fields; its pod template, played by
     podman, runs the backtest to the hash of every other backend."""
     async def go() -> None:
-        async with cluster(kworld) as (settings, kubelet):
+        async with cluster(kworld["settings"], kworld["image"]) as (settings, kubelet):
             msgs, code, (_, results) = await _run_one(kworld, settings, LABELS)
             (done,) = [m for m in msgs if m.type == "done"]
             assert code == 0 and done.result_hash == result_hash(results)
@@ -196,16 +92,49 @@ def test_a_runner_job_runs_its_pod_template_to_the_same_hash(kworld: dict[str, A
 
 
 @pytest.mark.parametrize("mode, state, retryable", [
-    ("evict", "lost", True), ("oom", "oom", False), ("deadline", "deadline", False)])
-def test_an_evicted_oom_killed_or_overdue_pod_is_told_apart(
+    ("evict", "lost", True), ("node-lost", "lost", True), ("shutdown", "lost", True),
+    ("oom", "oom", False), ("deadline", "deadline", False)])
+def test_an_evicted_lost_shut_down_oom_killed_or_overdue_pod_is_told_apart(
         kworld: dict[str, Any], mode: str, state: str, retryable: bool) -> None:
+    """Each way a cluster ends a pod, as its status says it: the node's problems are retried
+    (from the last checkpoint), the job's own are not."""
     async def go() -> None:
-        async with cluster(kworld, mode) as (settings, _):
-            msgs, _code, (runner, _) = await _run_one(kworld, settings, LABELS, slow=True)
+        async with cluster(kworld["settings"], kworld["image"], [mode]) as (settings, _):
+            msgs, _code, (runner, _) = await _run_one(kworld, settings, LABELS, SLOW)
             assert not [m for m in msgs if m.type == "done"]
             assert runner.last.state == state and runner.last.retryable == retryable
             assert runner.oom_killed() == (state == "oom")
             assert (runner.exit_failure() is not None) == (state == "deadline")
+
+            if mode == "shutdown":  # SIGTERM: a final checkpoint first, then "stopped"
+                assert [m.type for m in msgs][-2:] == ["checkpoint", "stopped"]
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("strategy, on_channel", [("Raises", True), ("Exits", False)])
+def test_a_failing_strategy_fails_its_job_with_its_traceback(
+        kworld: dict[str, Any], strategy: str, on_channel: bool) -> None:
+    """A strategy that raises reports its traceback on the channel; one that leaves with
+    ``os._exit(1)`` says nothing there, and its Job's failed pod (exit 1, no disruption) is
+    mapped to a non-retryable StrategyError whose traceback comes from the pod's log."""
+    async def go() -> None:
+        async with cluster(kworld["settings"], kworld["image"]) as (settings, _):
+            msgs, code, (runner, _) = await _run_one(
+                kworld, settings, LABELS, (f"{STRATEGIES / 'crash.py'}:{strategy}", {"at": 500}))
+            failed = [m for m in msgs if m.type == "error"]
+            assert runner.last.state == "failed" and not runner.last.retryable
+            if on_channel:
+                assert code == 3 and failed[0].kind == StrategyError.code
+                assert "ValueError: bad signal at tick 500" in failed[0].traceback
+                assert runner.exit_failure() is not None  # the channel's report comes first
+            else:
+                assert code == 1 and not failed
+                said = runner.exit_failure()
+                assert said is not None and said.kind == StrategyError.code
+                assert said.traceback.startswith("Traceback (most recent call last):")
+                assert said.traceback.endswith("ValueError: bad signal at tick 500")
+                assert "exited with code 1" in said.message
 
     asyncio.run(go())
 
@@ -213,7 +142,7 @@ def test_an_evicted_oom_killed_or_overdue_pod_is_told_apart(
 def test_cancel_deletes_the_job_and_orphans_are_cleaned_up_by_label(
         kworld: dict[str, Any]) -> None:
     async def go() -> None:
-        async with cluster(kworld) as (settings, _):
+        async with cluster(kworld["settings"], kworld["image"]) as (settings, _):
             _, batch, _ = kube_clients(settings)
             pool = RunnerPool(settings, kworld["base"] / "kruns")
             runner = await pool.acquire(labels=LABELS)

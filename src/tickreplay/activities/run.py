@@ -74,7 +74,7 @@ class RunActivity(NodeContext):
             self.pool = RunnerPool(self.settings, self.settings.home / "runs" / self.node)
         runner = await self.pool.acquire(image=inp.strategy.image or None, labels={
             "tickreplay.io/job": inp.job_id, "tickreplay.io/user": inp.user,
-            "tickreplay.io/attempt": str(info.attempt),
+            "tickreplay.io/attempt": str(inp.placement),
             "tickreplay.io/deadline-s": str(int(inp.options.deadline_s))})
         try:
             job = await self._while_beating(
@@ -207,8 +207,7 @@ class RunActivity(NodeContext):
                             f"worker shutting down; checkpoint at {state.ticks_done} ticks",
                             details=dataclasses.asdict(state))
                     if (said := runner.exit_failure()) is not None:  # e.g. a Job's deadline
-                        self._fail(inp.job_id, protocol.Failed(kind=said[0], message=said[1]),
-                                   runner)
+                        self._fail(inp.job_id, said, runner)
                     if runner.oom_killed():
                         self._fail(inp.job_id, protocol.Failed(
                             kind=OutOfMemory.code, message=f"out of memory: the strategy went "

@@ -174,3 +174,12 @@ def _disruption_reason(pod: dict[str, Any]) -> str:
         if c.get("type") in _DISRUPTED:
             return f"{c.get('reason', 'DisruptionTarget')}: {c.get('message', '')}".strip(": ")
     return "disrupted"
+
+
+def traceback_in(log: str) -> str:
+    """The last Python traceback in a pod's log (from its ``Traceback`` line to the end), or
+    ''. Why from the log: a runner that dies without a word on the channel (``os._exit``, a
+    crash in an extension) leaves its last words only there."""
+    at = log.rfind("Traceback (most recent call last):")
+    return log[at:].strip() if at >= 0 else ""
+

@@ -29,8 +29,10 @@ from tickreplay.runner.kubejob import (
     label_value,
     outcome,
     runner_job,
+    traceback_in,
 )
 from tickreplay.runner.podman import PodRunner
+from tickreplay.runner.protocol import Failed
 from tickreplay.settings import Settings
 
 POLL_S = 1.0
@@ -66,6 +68,7 @@ class KubeRunner(PodRunner):
 
     job: str = ""
     last: Outcome | None = None
+    logged = False  # the pod's log has been read into stderr
 
     @classmethod
     async def _start(cls, settings: Settings, image: str, name: str, workdir: Path,
@@ -123,21 +126,34 @@ class KubeRunner(PodRunner):
 
     async def wait(self) -> int:
         code = await self._waiter
-        with contextlib.suppress(Exception):
-            self.stderr.add((await asyncio.to_thread(pod_log, self.settings, self.job)).encode())
+        if not self.logged:  # once: close() waits again
+            self.logged = True
+            with contextlib.suppress(Exception):
+                self.stderr.add((await asyncio.to_thread(pod_log, self.settings,
+                                                         self.job)).encode())
         self.last = _OUTCOMES.pop(self.job, None) or self.last  # taken: the table never grows
         return code
 
     def oom_killed(self) -> bool:
         return self.last is not None and self.last.state == "oom"
 
-    def exit_failure(self) -> tuple[str, str] | None:
-        """``(error code, message)`` when the Job's status says more than its exit code."""
-        from tickreplay.errors import StrategyTimeout
+    def exit_failure(self) -> Failed | None:
+        """The failure, when the Job's status says more than its exit code: its deadline, or
+        the strategy's own non-zero exit (not retried: the same code would fail again), with
+        the traceback from the pod's log. A lost pod says nothing here: it is retried."""
+        from tickreplay.errors import StrategyError, StrategyTimeout
 
-        if self.last is not None and self.last.state == "deadline":
-            return StrategyTimeout.code, ("deadline: the runner Job passed its "
-                                          "activeDeadlineSeconds and was stopped")
+        if self.last is None:
+            return None
+        if self.last.state == "deadline":
+            return Failed(kind=StrategyTimeout.code, message="deadline: the runner Job passed "
+                          "its activeDeadlineSeconds and was stopped")
+        if self.last.state == "failed":
+            log = self.stderr.text()
+            return Failed(kind=StrategyError.code, traceback=traceback_in(log),
+                          message=f"the strategy's runner exited with code "
+                          f"{self.last.exit_code} ({self.last.reason}) without a result; the "
+                          "end of its pod log: " + (log.strip()[-1500:] or "(empty)"))
         return None
 
 
@@ -186,19 +202,25 @@ def _read(settings: Settings, name: str) -> tuple[dict[str, Any], dict[str, Any]
         if e.status == 404:
             return None
         raise
-    pods = core.list_namespaced_pod(settings.kube_namespace, label_selector=f"job-name={name}")
-    pod = api.sanitize_for_serialization(pods.items[-1]) if pods.items else None
-    return job, pod
+    pods = _pods_of(core, settings, name)
+    return job, api.sanitize_for_serialization(pods[-1]) if pods else None
+
+
+def _pods_of(core: Any, settings: Settings, name: str) -> list[Any]:
+    """The Pods of Job ``name``. The label is checked here too: an API server that ignored
+    the selector (the emulator in the tests does) must not make another Job's pod ours."""
+    listed = core.list_namespaced_pod(settings.kube_namespace, label_selector=f"job-name={name}")
+    return [p for p in listed.items if (p.metadata.labels or {}).get("job-name") == name]
 
 
 def pod_log(settings: Settings, name: str) -> str:
     """The log of the Job's pod (its runner's stdout and stderr), or ''."""
     _, _, core = kube_clients(settings)
-    pods = core.list_namespaced_pod(settings.kube_namespace, label_selector=f"job-name={name}")
-    if not pods.items:
+    pods = _pods_of(core, settings, name)
+    if not pods:
         return ""
-    return str(core.read_namespaced_pod_log(pods.items[-1].metadata.name,
-                                            settings.kube_namespace, tail_lines=2000) or "")
+    return str(core.read_namespaced_pod_log(pods[-1].metadata.name, settings.kube_namespace,
+                                            tail_lines=2000) or "")
 
 
 def delete_job(settings: Settings, name: str) -> None:
@@ -216,8 +238,7 @@ def delete_job(settings: Settings, name: str) -> None:
 
 def _delete_pods(settings: Settings, name: str, grace_s: int) -> None:
     _, _, core = kube_clients(settings)
-    for pod in core.list_namespaced_pod(settings.kube_namespace,
-                                        label_selector=f"job-name={name}").items:
+    for pod in _pods_of(core, settings, name):
         with contextlib.suppress(Exception):
             core.delete_namespaced_pod(pod.metadata.name, settings.kube_namespace,
                                        grace_period_seconds=grace_s)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tickreplay.osutil import die_with_parent, kill_group
-from tickreplay.runner.protocol import Message, RunnerJob, decode, encode
+from tickreplay.runner.protocol import Failed, Message, RunnerJob, decode, encode
 from tickreplay.settings import Settings
 
 # Variables a runner may inherit: nothing that names a credential or the platform's key.
@@ -280,9 +280,9 @@ class RunnerProcess:
             out[key] = self.visible(dest)
         return out
 
-    def exit_failure(self) -> tuple[str, str] | None:
-        """``(error code, message)`` when how the runner ended says more than its exit code
-        (a Kubernetes Job's deadline); None here."""
+    def exit_failure(self) -> Failed | None:
+        """The failure, when how the runner ended says more than its exit code (a Kubernetes
+        Job's deadline, a strategy's exit read off its Pod); None here."""
         return None
 
     def oom_killed(self) -> bool:

@@ -202,7 +202,7 @@ class BacktestWorkflow:
                 return await workflow.execute_activity(
                     "run_backtest",
                     RunInput(job.job_id, job.spec, strategy, plan, node.ticks_total, opts, resume,
-                             user=job.user),
+                             user=job.user, placement=self._placements),
                     result_type=RunOutput, task_queue=node.task_queue,
                     start_to_close_timeout=timedelta(seconds=opts.max_run_s),
                     heartbeat_timeout=timedelta(seconds=opts.heartbeat_timeout_s),

@@ -137,6 +137,9 @@ class RunInput:
     options: JobOptions
     resume: RunHeartbeat | None = None  # where to resume (from a lost attempt's heartbeat)
     user: str = ""  # who submitted it (a label of its runner Job on Kubernetes)
+    # The how-manieth placement of this run (RUN_RETRY allows one attempt per placement, so
+    # the activity's own attempt is always 1): names and labels each runner Job uniquely.
+    placement: int = 1
 
 
 @dataclass
