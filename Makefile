@@ -53,8 +53,8 @@ bench: setup
 
 # Faults against the durable stack; every job must end with the uninterrupted hash. Variables:
 # ROUNDS (worker SIGKILLs in run_backtest, default 3), OUTAGE_S (S3 outage, default 900 s),
-# TEMPORAL_DOWN_S (default 60 s), SCENARIOS (default all: warm,run,publish,runner,foreign,
-# temporal,s3). E.g. `make chaos OUTAGE_S=60` (quick, ~12 min) or `make chaos SCENARIOS=run ROUNDS=20`.
+# TEMPORAL_DOWN_S (default 60 s), SCENARIOS (default all: warm,run,publish,runner,reclaim,foreign,
+# temporal,s3; reclaim = SIGTERM to the runner, a spot reclaim with notice). E.g. `make chaos OUTAGE_S=60` (quick, ~12 min) or `make chaos SCENARIOS=run ROUNDS=20`.
 chaos: setup
 	$(PY) tests/integration/chaos.py --rounds $(or $(ROUNDS),3) --outage-s $(or $(OUTAGE_S),900) \
 	  --temporal-down-s $(or $(TEMPORAL_DOWN_S),60) --scenarios $(or $(SCENARIOS),all)

@@ -15,6 +15,9 @@ Scenarios (``--scenarios``, default all):
 - ``publish``: the worker is SIGKILLed inside ``publish_results`` (as for ``warm``).
 - ``runner``: only the runner's process group is SIGKILLed (host pid from the
   ``runner_started`` event); the worker lives and the workflow retries from a checkpoint.
+- ``reclaim``: a spot reclaim or drain with notice: SIGTERM to the runner's Python (as a
+  kubelet's graceful node shutdown sends it to the pod); it writes a final checkpoint and stops,
+  and the run must resume from exactly that tick. Prints how long the stop and the resume took.
 - ``foreign``: the checkpoint the run's heartbeat names (and then every other checkpoint of
   the job, since a resume also tries the newest stored ones) is overwritten with a valid
   sealed checkpoint of ANOTHER job (same strategy and data, other params), then the worker is
@@ -97,7 +100,7 @@ LONG = ("2024-04-01", "2024-05-03")
 OPTIONS = JobOptions(checkpoint_every_s=2.0)  # product defaults otherwise (heartbeat 10 s ...)
 POLL_S = 0.2
 STAGE_DELAY_S = 300  # fault_delay of the stage a worker is killed in (it is killed long before)
-SCENARIOS = ("warm", "run", "publish", "runner", "foreign", "temporal", "s3")
+SCENARIOS = ("warm", "run", "publish", "runner", "reclaim", "foreign", "temporal", "s3")
 STARTED = 2  # PENDING_ACTIVITY_STATE_STARTED
 CLOSED_WAIT_S = 900  # how long a job may take after its fault (outages add their own length)
 
@@ -553,6 +556,45 @@ class Chaos:
                           f"/{hb.get('ticks_total', 0):,}; {_resumed(evs, killed)}; {info}")
         return await self.scenario("runner SIGKILL", "runner", body, self.args.max_recovery_s)
 
+    async def reclaim_runner(self) -> Outcome:
+        """A spot reclaim with notice (a node drain): SIGTERM to the runner's Python, which
+        writes a final checkpoint and stops; the run resumes from exactly that checkpoint.
+        Measured: notice to stopped, notice to the resumed runner's start, ticks redone."""
+        async def body(nodes: Nodes, out: Outcome, started: list[Job]) -> None:
+            pair = nodes.spawn(), nodes.spawn()
+            await nodes.ready(*pair)
+            job = await self.submit(self.specs["short"])
+            started.append(job)
+            await self.until(job, "a checkpoint", lambda: job.beat().get("checkpoint_key"))
+            runners = [e for e in await self.events(job.job_id) if e["kind"] == "runner_started"]
+            if not runners:
+                raise ScenarioFailed("no runner_started event")
+            pids = _runner_pids(int(runners[-1]["pid"]))
+            if not pids:
+                raise ScenarioFailed("no runner process under the sandbox")
+            at_tick = job.beat().get("progress", 0)
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
+            noticed = time.time()
+            ok, info = await self.finish(job, self.expected["short"], CLOSED_WAIT_S)
+            evs = await self.events(job.job_id)
+            self.measure(out, job, noticed, restart="run_backtest", events=evs,
+                         kinds=["run_started"])
+            stopped = [e for e in evs if e["kind"] == "run_stopped" and e["ts"] > noticed]
+            resumed = [e for e in evs if e["kind"] == "runner_started" and e["ts"] > noticed]
+            point = _resume_point(evs, noticed)
+            out.ok = ok and bool(stopped) and point is not None and \
+                point[1] == stopped[0]["ticks_done"]
+            out.detail = (
+                f"SIGTERM at tick {at_tick:,}; final checkpoint at tick "
+                f"{stopped[0]['ticks_done'] if stopped else '?':,} after "
+                f"{(stopped[0]['ts'] - noticed) if stopped else float('nan'):.1f} s; "
+                f"{_resumed(evs, noticed)}, runner up "
+                f"{(resumed[0]['ts'] - noticed) if resumed else float('nan'):.1f} s after the "
+                f"notice; {info}")
+        return await self.scenario("spot reclaim (runner SIGTERM)", "reclaim", body,
+                                   self.args.max_recovery_s)
+
     async def foreign_checkpoint(self) -> Outcome:
         """Another job's valid sealed checkpoint swapped in; the run must refuse it."""
         async def body(nodes: Nodes, out: Outcome, started: list[Job]) -> None:
@@ -712,6 +754,27 @@ def _resume_point(events: list[dict[str, Any]], after: float) -> tuple[str, int]
     return node, int(tick or 0)
 
 
+def _runner_pids(root: int) -> list[int]:
+    """The runner's Python among the descendants of ``root`` (the sandbox's bwrap): inside
+    bubblewrap it has a session of its own, so a signal to bwrap's group would miss it."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        kids = [k for k, p in parent.items() if p == pid]
+        todo += kids
+        for k in kids:
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")
+                if Path(argv[0].decode(errors="replace")).name != "bwrap" and \
+                        b"tickreplay.runner.child" in argv:
+                    found.append(k)
+    return found
+
+
 def _resumed(events: list[dict[str, Any]], after: float) -> str:
     point = _resume_point(events, after)
     return f"resumed on {point[0]} from tick {point[1]:,}" if point else "no new run attempt"
@@ -758,6 +821,8 @@ async def main(args: argparse.Namespace) -> int:
                 outcomes.append(await ctx.kill_in_stage("publish_results"))
             elif name == "runner":
                 outcomes.append(await ctx.kill_runner())
+            elif name == "reclaim":
+                outcomes.append(await ctx.reclaim_runner())
             elif name == "foreign":
                 outcomes.append(await ctx.foreign_checkpoint())
             elif name == "temporal":

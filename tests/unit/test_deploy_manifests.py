@@ -66,3 +66,22 @@ def test_the_runner_role_reaches_jobs_pods_and_logs_in_its_namespace_only() -> N
     worker = objects[("DaemonSet", "tickreplay-worker")]["spec"]["template"]["spec"]
     assert worker["nodeSelector"] == {"tickreplay.io/pool": "spot"}
     assert worker["terminationGracePeriodSeconds"] >= 100  # covers shutdown_grace_s
+
+
+@pytest.mark.parametrize("overlay", ["production", "local-kind"])
+def test_the_worker_names_its_node_directory_as_the_node_sees_it(overlay: str) -> None:
+    """Runner Jobs mount the worker's directories by hostPath: the node path the worker is
+    told (TICKREPLAY_KUBE_NODE_HOME) must be the hostPath mounted at its TICKREPLAY_HOME, and
+    its runner Jobs must go to its own namespace (the Role reaches no other)."""
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
+    pod = objects[("DaemonSet", "tickreplay-worker")]["spec"]["template"]["spec"]
+    (worker,) = [c for c in pod["containers"] if c["name"] == "worker"]
+    env = {e["name"]: e for e in worker["env"]}
+    home = env["TICKREPLAY_HOME"]["value"]
+    (mount,) = [m for m in worker["volumeMounts"] if m["mountPath"] == home]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert env["TICKREPLAY_KUBE_NODE_HOME"]["value"] == volume["hostPath"]["path"]
+    assert env["TICKREPLAY_KUBE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.namespace"
+    config = objects[("ConfigMap", "tickreplay-config")]["data"]
+    assert config["TICKREPLAY_CACHE_DIR"].startswith(home + "/")  # the cache is on the SSD
