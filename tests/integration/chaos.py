@@ -525,6 +525,21 @@ class Chaos:
             f"worker SIGKILL in run_backtest #{round_no} (ckpt {kill_after})", f"run{round_no}",
             body, self.args.max_recovery_s)
 
+    async def runner_of(self, job: Job) -> tuple[int, str]:
+        """Host pid (the sandbox's process group) and node of the job's newest runner."""
+        runners = [e for e in await self.events(job.job_id) if e["kind"] == "runner_started"]
+        if not runners:
+            raise ScenarioFailed("no runner_started event")
+        return int(runners[-1]["pid"]), str(runners[-1]["node"])
+
+    async def finish_run(self, out: Outcome, job: Job, fault: float
+                         ) -> tuple[bool, str, list[dict[str, Any]]]:
+        """Wait for the job after a runner fault; measure when its run went on."""
+        ok, info = await self.finish(job, self.expected["short"], CLOSED_WAIT_S)
+        evs = await self.events(job.job_id)
+        self.measure(out, job, fault, restart="run_backtest", events=evs, kinds=["run_started"])
+        return ok, info, evs
+
     async def kill_runner(self) -> Outcome:
         """Only the runner's process group is SIGKILLed; the worker retries from a checkpoint."""
         async def body(nodes: Nodes, out: Outcome, started: list[Job]) -> None:
@@ -540,17 +555,11 @@ class Chaos:
                 return len(seen) >= 2
 
             await self.until(job, "2 checkpoints", two_checkpoints)
-            runners = [e for e in await self.events(job.job_id) if e["kind"] == "runner_started"]
-            if not runners:
-                raise ScenarioFailed("no runner_started event")
-            pid, node = int(runners[-1]["pid"]), runners[-1]["node"]
+            pid, node = await self.runner_of(job)
             hb = job.beat()
             os.killpg(pid, signal.SIGKILL)
             killed = time.time()
-            ok, info = await self.finish(job, self.expected["short"], CLOSED_WAIT_S)
-            evs = await self.events(job.job_id)
-            self.measure(out, job, killed, restart="run_backtest", events=evs,
-                         kinds=["run_started"])
+            ok, info, evs = await self.finish_run(out, job, killed)
             out.ok = ok
             out.detail = (f"runner pgid {pid} on {node} killed at tick {hb.get('progress', 0):,}"
                           f"/{hb.get('ticks_total', 0):,}; {_resumed(evs, killed)}; {info}")
@@ -566,20 +575,14 @@ class Chaos:
             job = await self.submit(self.specs["short"])
             started.append(job)
             await self.until(job, "a checkpoint", lambda: job.beat().get("checkpoint_key"))
-            runners = [e for e in await self.events(job.job_id) if e["kind"] == "runner_started"]
-            if not runners:
-                raise ScenarioFailed("no runner_started event")
-            pids = _runner_pids(int(runners[-1]["pid"]))
+            pids = _runner_pids((await self.runner_of(job))[0])
             if not pids:
                 raise ScenarioFailed("no runner process under the sandbox")
             at_tick = job.beat().get("progress", 0)
             for pid in pids:
                 os.kill(pid, signal.SIGTERM)
             noticed = time.time()
-            ok, info = await self.finish(job, self.expected["short"], CLOSED_WAIT_S)
-            evs = await self.events(job.job_id)
-            self.measure(out, job, noticed, restart="run_backtest", events=evs,
-                         kinds=["run_started"])
+            ok, info, evs = await self.finish_run(out, job, noticed)
             stopped = [e for e in evs if e["kind"] == "run_stopped" and e["ts"] > noticed]
             resumed = [e for e in evs if e["kind"] == "runner_started" and e["ts"] > noticed]
             point = _resume_point(evs, noticed)
