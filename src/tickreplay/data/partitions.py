@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from tickreplay.data.catalog import Partition
 from tickreplay.data.objectstore import ObjectStore
-from tickreplay.data.schema import PARQUET_WRITE_OPTIONS, partition_key
+from tickreplay.data.schema import PARQUET_WRITE_OPTIONS, kind_partition_key
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:
@@ -32,21 +32,24 @@ def table_to_parquet_bytes(table: pa.Table) -> bytes:
 
 
 def write_partition(
-    store: ObjectStore, symbol: str, date: dt.date | str, table: pa.Table
+    store: ObjectStore, symbol: str, date: dt.date | str, table: pa.Table, kind: str = "trades"
 ) -> Partition:
-    """Write ``table`` as the partition of ``symbol`` on ``date``, replacing any existing one.
+    """Write ``table`` as the ``kind`` partition of ``symbol`` on ``date``, replacing any existing one.
 
     Args:
         store: The catalog.
-        symbol: The symbol every row belongs to (validated by :func:`partition_key`).
+        symbol: The symbol every row belongs to (validated by :func:`kind_partition_key`).
         date: The partition's day, a date or ``YYYY-MM-DD``.
-        table: The symbol-day's ticks, already in the tick schema and in time order.
+        table: The symbol-day's rows, already in the tick (or quote) schema and in time order.
+        kind: ``"trades"`` (``ticks/...``) or ``"quotes"`` (``quotes/...``); quotes go through
+            the same serialisation so they fingerprint by the same rules.
 
     Returns:
         The partition record: key, size and sha256 of the bytes written.
     """
     day = date if isinstance(date, dt.date) else dt.date.fromisoformat(date)
     data = table_to_parquet_bytes(table)
-    key = partition_key(symbol, day)
+    key = kind_partition_key(kind, symbol, day)
     store.put_bytes(key, data)
-    return Partition(symbol, day.isoformat(), key, len(data), hashlib.sha256(data).hexdigest())
+    sha = hashlib.sha256(data).hexdigest()
+    return Partition(symbol, day.isoformat(), key, len(data), sha, kind)
