@@ -31,14 +31,20 @@ def data_generate(
     end: Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d"], help="Last day")],
     ticks_per_day: Annotated[int, typer.Option(min=1, help="Trades per symbol per day")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed: same seed, same bytes")] = 0,
-    quotes: Annotated[bool, typer.Option(help="Also write bid/ask columns")] = False,
+    quotes: Annotated[bool, typer.Option(
+        help="Also write L1 quote partitions (quotes/...), about 3 quotes per trade; the trade "
+             "files stay byte-identical")] = False,
+    inline_quotes: Annotated[bool, typer.Option(
+        help="Write bid/ask/bid_size/ask_size columns on the trade rows (older form; changes "
+             "the trade files)")] = False,
 ) -> None:
-    """Write deterministic synthetic trades as a partitioned Parquet catalog."""
+    """Write deterministic synthetic trades (and with --quotes L1 quotes) as a Parquet catalog."""
     from tickreplay.data.generate import generate
 
     try:
         parts = generate(open_catalog(out), split_symbols(symbols), start.date(), end.date(),
-                         ticks_per_day=ticks_per_day, seed=seed, quotes=quotes)
+                         ticks_per_day=ticks_per_day, seed=seed, quotes=inline_quotes,
+                         quote_partitions=quotes)
     except ValueError as e:
         raise fail(str(e)) from None
     total = sum(p.size for p in parts)
