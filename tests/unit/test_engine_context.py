@@ -25,9 +25,24 @@ class Recorder:
         self.calls: list[tuple[Any, ...]] = []
 
     def order(self, symbol: str, qty: float, type: str, limit: float | None,
-              stop: float | None, tif: str) -> int:
-        self.calls.append(("order", symbol, qty, type, limit, stop, tif))
+              stop: float | None, tif: str, expire_ts: int | None = None,
+              oco: str | None = None, reduce_only: bool = False) -> int:
+        self.calls.append(("order", symbol, qty, type, limit, stop, tif, expire_ts, oco,
+                           reduce_only))
         return 7
+
+    def bracket(self, symbol: str, qty: float, entry: float | None, take_profit: float,
+                stop_loss: float, tif: str) -> tuple[int, int, int]:
+        self.calls.append(("bracket", symbol, qty, entry, take_profit, stop_loss, tif))
+        return 1, 2, 3
+
+    def modify(self, order_id: int, qty: float | None, limit: float | None,
+               stop: float | None) -> bool:
+        self.calls.append(("modify", order_id, qty, limit, stop))
+        return True
+
+    def orders(self) -> list[Any]:
+        return []
 
     def cancel(self, order_id: int) -> bool:
         self.calls.append(("cancel", order_id))
@@ -55,9 +70,15 @@ def test_strategy_actions_go_through_any_strategy_context() -> None:
     assert s.cancel(7) is True
     s.log("hello", x=1)
     assert (s.position("A"), s.cash, s.equity) == (3.0, 10.0, 12.5)
-    assert ctx.calls == [("order", "A", 5, "market", None, None, "gtc"),  # type: ignore[attr-defined]
-                         ("order", "B", -1, "limit", 9.5, None, "day"),
-                         ("cancel", 7), ("log", "hello", {"x": 1})]
+    assert s.bracket("A", 2, take_profit=11.0, stop_loss=9.0) == (1, 2, 3)
+    assert s.modify(7, limit=9.75) is True
+    s.order("C", 1, type="limit", limit=5.0, tif="gtd", expire_ts=99, oco="g", reduce_only=True)
+    assert ctx.calls == [  # type: ignore[attr-defined]
+        ("order", "A", 5, "market", None, None, "gtc", None, None, False),
+        ("order", "B", -1, "limit", 9.5, None, "day", None, None, False),
+        ("cancel", 7), ("log", "hello", {"x": 1}),
+        ("bracket", "A", 2, None, 11.0, 9.0, "gtc"), ("modify", 7, None, 9.75, None),
+        ("order", "C", 1, "limit", 5.0, None, "gtd", 99, "g", True)]
 
 
 def test_an_unattached_strategy_says_so() -> None:
@@ -70,7 +91,8 @@ def test_an_unattached_strategy_says_so() -> None:
 def test_the_engine_is_a_strategy_context_with_the_same_signatures() -> None:
     methods = {n: m for n, m in vars(StrategyContext).items()
                if inspect.isfunction(m) and not n.startswith("_")}
-    assert set(methods) == {"order", "cancel", "position", "cash", "equity", "log"}
+    assert set(methods) == {"order", "cancel", "position", "cash", "equity", "log", "bracket",
+                            "modify", "orders"}
     for name, member in methods.items():
         want = list(inspect.signature(member).parameters)
         assert list(inspect.signature(getattr(Engine, name)).parameters) == want, name
@@ -92,7 +114,7 @@ def test_on_fill_receives_the_engine_fill() -> None:
 
     s = Once()
     run(s, ["A"], [chunk([(1, 0, 10.0), (2, 0, 11.0)])], RunConfig(slippage_bps=10))
-    assert s.fills == [Fill(1, 1, "A", 2.0, 10.0 * 1.001, 0.0)]
+    assert s.fills == [Fill(1, 1, "A", 2.0, 10.0 * 1.001, 0.0, "taker")]
 
 
 @pytest.mark.parametrize("bps", [0.0, 0.5, 1.0, 3.0, 17.25, 100.0])

@@ -151,14 +151,40 @@ def test_daily_equity_marks_each_day_at_its_last_trade() -> None:
 
 
 @pytest.mark.parametrize("bad, msg", [
-    ({"symbol": "ZZZ", "qty": 1}, "not in this run"),
     ({"symbol": "A", "qty": 0}, "non-zero"),
     ({"symbol": "A", "qty": math.nan}, "finite"),
-    ({"symbol": "A", "qty": 1, "type": "limit"}, "positive limit"),
-    ({"symbol": "A", "qty": 1, "type": "stop"}, "positive stop"),
     ({"symbol": "A", "qty": 1, "type": "twap"}, "order type"),
-    ({"symbol": "A", "qty": 1, "tif": "gtd"}, "tif"),
+    ({"symbol": "A", "qty": 1, "tif": "gtx"}, "tif"),
 ])
-def test_invalid_orders_fail_with_a_clear_message(bad: dict, msg: str) -> None:
+def test_malformed_orders_fail_the_strategy_with_a_clear_message(bad: dict, msg: str) -> None:
     with pytest.raises(StrategyError, match=msg):
         run(Script({0: [bad]}), ["A"], [chunk([(0, 0, 1.0), (1, 0, 1.0)])])
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"symbol": "ZZZ", "qty": 1}, "unknown symbol 'ZZZ'"),
+    ({"symbol": "A", "qty": 1, "type": "limit"}, "invalid price: a limit order needs a positive"),
+    ({"symbol": "A", "qty": 1, "type": "stop"}, "invalid price: a stop order needs a positive stop"),
+    ({"symbol": "A", "qty": 1, "type": "stop_limit", "stop": 1.0}, "invalid price"),
+    ({"symbol": "A", "qty": 1, "type": "limit", "limit": -1.0}, "invalid price"),
+    ({"symbol": "A", "qty": 1, "tif": "gtd"}, "invalid expiry"),
+    ({"symbol": "A", "qty": -1, "reduce_only": True}, "reduce-only violation: position 0"),
+])
+def test_orders_a_venue_would_refuse_are_rejected_with_the_reason(bad: dict,
+                                                                   reason: str) -> None:
+    """Rejected, not fatal: the order gets an id, on_order hears why, the logs record it,
+    nothing fills."""
+    class Listener(Script):
+        def on_start(self) -> None:
+            self.events: list = []
+
+        def on_order(self, event) -> None:
+            self.events.append(event)
+
+    s = Listener({0: [bad]})
+    r = run(s, ["A"], [chunk([(0, 0, 1.0), (1, 0, 1.0)])])
+    assert r.trades.num_rows == 0 and r.open_orders == 0
+    ((ev),) = s.events
+    assert (ev.order_id, ev.status) == (s.ids[0], "rejected") and reason in ev.reason
+    (log,) = [x for x in r.logs if x["msg"] == "order rejected"]
+    assert log["order_id"] == s.ids[0] and reason in log["reason"]

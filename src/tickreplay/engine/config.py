@@ -69,3 +69,13 @@ class RunConfig(BaseModel):
     commission: Commission = Commission()
     seed: int = Field(default=0, ge=0)
     mode: Literal["auto", "tick", "vector"] = "auto"
+    # How orders fill (docs/semantics.md): "trade" (against trade prints, in full: the
+    # original rules) or "quote" (market orders at the touch of L1 quotes, up to its size).
+    fill_model: Literal["trade", "quote"] = "trade"
+    # Fraction of each event's size (trade size, or the touch's size) orders may take;
+    # None: no cap (trade model: fills in full; quote model: the size shown).
+    max_participation: float | None = Field(default=None, gt=0, le=1)
+    # Cancels take ``latency_ns`` to reach the venue (the order can fill meanwhile), and a
+    # modify's old version stays live until its replacement arrives. False: cancels are
+    # immediate (the original rule); a modify's replacement still takes the order latency.
+    cancel_latency: bool = False

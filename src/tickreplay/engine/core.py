@@ -31,26 +31,46 @@ import pyarrow as pa
 from tickreplay.engine import checkpoint as ckpt
 from tickreplay.engine.config import RunConfig
 from tickreplay.engine.orders import (
+    ACCEPTED,
+    CANCELLED,
     DAY,
     DAY_NS,
+    EXPIRED,
+    FILLED,
+    FOK,
+    GTC,
+    GTD,
     IOC,
     LIMIT,
+    LIQUIDITY,
+    MAKER,
     MARKET,
+    MODIFIED,
     ORDER_TYPES,
+    PARTIALLY_FILLED,
+    REJECTED,
     STOP,
+    STOP_LIMIT,
+    TAKER,
     TIFS,
     Fill,
     Order,
+    OrderEvent,
+    OrderView,
     slipped,
 )
 from tickreplay.engine.portfolio import Portfolio
 from tickreplay.engine.trades import EquityCurve, TradeLog
 from tickreplay.engine.vector import VectorPath
-from tickreplay.strategy.api import Strategy, StrategyError, Tick
+from tickreplay.strategy.api import Quote, Strategy, StrategyError, Tick
 
 # The version of these semantics: part of every result's hashed inputs and checked by restore, so
 # a rule change must bump it (results and checkpoints of another version are not comparable).
-ENGINE_VERSION = "1.0"
+ENGINE_VERSION = "2.0"  # 2.0: quotes, fill models, partial fills, order lifecycle
+EVENT_KINDS = ("trades", "quotes")
+QUOTE, TRADE = 0, 1  # the ``kind`` column of an event stream (quotes sort first at equal ts)
+# What _live says about an order on an event: not tryable, just arrived, resting.
+_SKIP, _ARRIVED, _RESTING = 0, 1, 2
 _EXTRA_COLUMNS = ("bid", "ask", "bid_size", "ask_size", "exchange", "conditions")
 
 
@@ -100,6 +120,25 @@ class Engine:
         self._started = False
         self._extras = tuple(c for c in strategy.columns if c in _EXTRA_COLUMNS)
         self._has_on_fill = type(strategy).on_fill is not Strategy.on_fill
+        self._has_on_order = type(strategy).on_order is not Strategy.on_order
+        events = tuple(strategy.events)
+        if not events or any(e not in EVENT_KINDS for e in events):
+            raise StrategyError(f"{type(strategy).__name__}.events must name some of "
+                                f"{EVENT_KINDS}, got {events!r}")
+        self._quote_model = config.fill_model == "quote"
+        if "trades" not in events and not self._quote_model:
+            raise StrategyError("a run without trades fills nothing under the trade fill "
+                                "model: use fill_model='quote' (--fill-model quote)")
+        # What the data stream must carry: the strategy's events, and quotes to fill against.
+        self.kinds = tuple(k for k in EVENT_KINDS
+                           if k in events or (k == "quotes" and self._quote_model))
+        self._wants = events
+        self._quote = Quote()
+        self.quotes: list[tuple[float, float, float, float] | None] = [None] * n
+        self.consumed_quotes = [0] * n
+        # entry id -> [take-profit id, stop-loss id, entry filled, tp filled, sl filled]
+        self._brackets: dict[int, list[float]] = {}
+        self._fresh: set[int] = set()  # bracket children activated during the current event
         self._vector = VectorPath(self)
         strategy._context = self
         strategy.rng = np.random.default_rng(config.seed)
@@ -108,13 +147,23 @@ class Engine:
     # The StrategyContext protocol (tickreplay.strategy.api): what Strategy.order, .cancel,
     # .position, .cash, .equity and .log call.
     def order(self, symbol: str, qty: float, type: str, limit: float | None,
-              stop: float | None, tif: str) -> int:
-        """Validate and queue an order; it can fill from the next eligible tick of its symbol."""
+              stop: float | None, tif: str, expire_ts: int | None = None,
+              oco: str | None = None, reduce_only: bool = False) -> int:
+        """Validate and queue an order; it can fill from the next eligible event of its symbol."""
+        return self._submit(symbol, qty, type, limit, stop, tif, expire_ts, oco, reduce_only)
+
+    def _submit(self, symbol: str, qty: float, type: str, limit: float | None,
+                stop: float | None, tif: str, expire_ts: int | None = None,
+                oco: str | None = None, reduce_only: bool = False, parent: int = 0) -> int:
+        """:meth:`order`, and a bracket's children (``parent``: inactive until it fills).
+
+        A malformed call (qty, type, tif) is the strategy's bug: StrategyError. What a venue
+        would refuse (unknown symbol, invalid price or expiry, a reduce-only order that would
+        not reduce) is a rejected order: it gets an id, ``on_order`` hears why, and the
+        run's logs record it.
+        """
         if self.vectorized:
             raise StrategyError("order() is not available in the vectorised path: return targets")
-        s = self._index.get(symbol)
-        if s is None:
-            raise StrategyError(f"order for {symbol!r}, which is not in this run {self.symbols}")
         if not isinstance(qty, (int, float)) or not math.isfinite(qty) or qty == 0:
             raise StrategyError(f"order qty must be a finite non-zero number, got {qty!r}")
         type, tif = str(type).lower(), str(tif).lower()
@@ -122,27 +171,113 @@ class Engine:
             raise StrategyError(f"order type must be one of {ORDER_TYPES}, got {type!r}")
         if tif not in TIFS:
             raise StrategyError(f"order tif must be one of {TIFS}, got {tif!r}")
-        if type == LIMIT and (limit is None or not limit > 0):
-            raise StrategyError(f"limit order needs a positive limit price, got {limit!r}")
-        if type == STOP and (stop is None or not stop > 0):
-            raise StrategyError(f"stop order needs a positive stop price, got {stop!r}")
         oid = self._next_id
         self._next_id += 1
         now = self._tick.ts
+        s = self._index.get(symbol)
+        reason = self._refusal(s, symbol, float(qty), type, limit, stop, tif, expire_ts,
+                               reduce_only and not parent, now)
+        if reason:
+            self._reject(oid, symbol, reason)
+            return oid
+        assert s is not None
         o = Order(oid, s, float(qty), type, None if limit is None else float(limit),
                   None if stop is None else float(stop), tif, now,
-                  now + self.config.latency_ns, self._day if self._day is not None else -1)
+                  now + self.config.latency_ns, self._day if self._day is not None else -1,
+                  None if expire_ts is None else int(expire_ts),
+                  None if oco is None else str(oco), bool(reduce_only), parent, not parent)
         self._pending[s].append(o)
         self._open[oid] = o
         return oid
 
+    def _refusal(self, s: int | None, symbol: str, qty: float, type: str, limit: float | None,
+                 stop: float | None, tif: str, expire_ts: int | None, reduce_only: bool,
+                 now: int) -> str:
+        """Why a venue would reject this order ('' if it would not)."""
+        if s is None:
+            return f"unknown symbol {symbol!r}; this run has {self.symbols}"
+        if type in (LIMIT, STOP_LIMIT) and not _positive(limit):
+            return f"invalid price: a {type} order needs a positive limit, got {limit!r}"
+        if type in (STOP, STOP_LIMIT) and not _positive(stop):
+            return f"invalid price: a {type} order needs a positive stop, got {stop!r}"
+        if tif == GTD and (expire_ts is None or not isinstance(expire_ts, int)
+                           or expire_ts <= now):
+            return f"invalid expiry: a gtd order needs an int expire_ts after {now}, got " \
+                f"{expire_ts!r}"
+        if reduce_only:
+            pos = self.portfolio.pos[s]
+            if pos == 0.0 or (pos > 0.0) == (qty > 0.0):
+                return f"reduce-only violation: position {pos:g}, order {qty:g} would not reduce it"
+        return ""
+
+    def _reject(self, oid: int, symbol: str, reason: str) -> None:
+        self._logs.append({"ts": self._tick.ts, "level": "warning", "msg": "order rejected",
+                           "order_id": oid, "symbol": symbol, "reason": reason})
+        if self._has_on_order:
+            self.strategy.on_order(OrderEvent(oid, self._tick.ts, symbol, REJECTED, reason))
+
+    def bracket(self, symbol: str, qty: float, entry: float | None, take_profit: float,
+                stop_loss: float, tif: str) -> tuple[int, int, int]:
+        """An entry with a take-profit limit and a stop-loss stop for what it fills."""
+        eid = self._submit(symbol, qty, MARKET if entry is None else LIMIT, entry, None, tif)
+        if eid not in self._open:  # rejected: so are its children
+            tp, sl = self._next_id, self._next_id + 1
+            self._next_id += 2
+            for cid in (tp, sl):
+                self._reject(cid, symbol, f"bracket entry {eid} was rejected")
+            return eid, tp, sl
+        tp = self._submit(symbol, -qty, LIMIT, take_profit, None, GTC, parent=eid)
+        sl = self._submit(symbol, -qty, STOP, None, stop_loss, GTC, parent=eid)
+        if tp not in self._open or sl not in self._open:  # a child's price was invalid
+            for oid in (eid, tp, sl):
+                if oid in self._open:
+                    self._close(self._open[oid], CANCELLED, "bracket child rejected")
+            return eid, tp, sl
+        for cid in (tp, sl):
+            self._open[cid].qty = 0.0  # sized by the entry's fills (_sync_bracket)
+        self._brackets[eid] = [tp, sl, 0.0, 0.0, 0.0]
+        return eid, tp, sl
+
     def cancel(self, order_id: int) -> bool:
-        """Remove an open order at once (cancels have no latency)."""
-        o = self._open.pop(order_id, None)
-        if o is None:
+        """Cancel an open order: at once, or after the order latency with ``cancel_latency``
+        (it can still fill meanwhile)."""
+        o = self._open.get(order_id)
+        if o is None or o.cancel_at is not None:
             return False
-        self._pending[o.sym].remove(o)
+        if self.config.cancel_latency:
+            o.cancel_at = self._tick.ts + self.config.latency_ns
+        else:
+            self._close(o, CANCELLED, "cancelled by the strategy")
         return True
+
+    def modify(self, order_id: int, qty: float | None, limit: float | None,
+               stop: float | None) -> bool:
+        """Cancel-replace: the new version reaches the venue after the order latency (and
+        loses its place in the queue); without ``cancel_latency`` the old one is off at once."""
+        o = self._open.get(order_id)
+        if o is None or o.cancel_at is not None:
+            return False
+        if qty is not None and (not isinstance(qty, (int, float)) or not math.isfinite(qty)
+                                or qty == 0 or (qty > 0) != (o.qty > 0) and not o.parent):
+            raise StrategyError(f"modify qty must be a finite non-zero number on the order's "
+                                f"side, got {qty!r}")
+        for name, px in (("limit", limit), ("stop", stop)):
+            if px is not None and not _positive(px):
+                raise StrategyError(f"modify {name} must be a positive price, got {px!r}")
+        at = self._tick.ts + self.config.latency_ns
+        o.change = (at, o.qty if qty is None else float(qty),
+                    o.limit if limit is None else float(limit),
+                    o.stop if stop is None else float(stop))
+        o.suspended = not self.config.cancel_latency
+        return True
+
+    def orders(self) -> list[OrderView]:
+        """The open orders, by id."""
+        return [OrderView(o.id, self.symbols[o.sym], o.type, o.tif, o.qty, o.filled,
+                          o.remaining, o.limit, o.stop, o.expire_ts, o.oco, o.reduce_only,
+                          o.parent, o.active,
+                          PARTIALLY_FILLED if o.filled else ACCEPTED if o.seen else "submitted")
+                for o in sorted(self._open.values(), key=lambda o: o.id)]
 
     def position(self, symbol: str) -> float:
         """Filled position of ``symbol``."""
@@ -184,6 +319,8 @@ class Engine:
         n = chunk.num_rows if limit is None else min(limit, chunk.num_rows)
         if n <= 0:
             return 0
+        if self.kinds != ("trades",):  # an event stream: trades and/or quotes (kind column)
+            return self._feed_event_chunk(chunk, n)
         if len(self.symbols) == 1:
             counts = np.array([n])
         else:
@@ -197,6 +334,23 @@ class Engine:
         self.ticks_done += n
         return n
 
+    def _feed_event_chunk(self, chunk: pa.RecordBatch, n: int) -> int:
+        """``feed`` for an event stream (``kind`` column: quotes and trades interleaved)."""
+        sym = chunk.column(1).to_numpy()[:n]
+        is_trade = chunk.column(2).to_numpy()[:n] == TRADE
+        m = len(self.symbols)
+        trades = np.bincount(sym[is_trade], minlength=m)
+        quotes = np.bincount(sym[~is_trade], minlength=m)
+        if self.vectorized:
+            self._vector.feed(chunk, n, np.bincount(sym, minlength=m))
+        else:
+            self._feed_events(chunk, n)
+        for s in range(m):
+            self.consumed[s] += int(trades[s])
+            self.consumed_quotes[s] += int(quotes[s])
+        self.ticks_done += n
+        return n
+
     def finish(self) -> EngineResult:
         """Close the last day, call ``on_stop`` and return the result tables."""
         if self._day is not None:
@@ -207,8 +361,13 @@ class Engine:
                             self.ticks_done, self.exposure_days, len(self._open))
 
     def offsets(self) -> dict[str, int]:
-        """Stream position: rows consumed per symbol (what a resumed stream skips)."""
-        return dict(zip(self.symbols, self.consumed))
+        """Stream position: rows consumed per stream (what a resumed stream skips): a
+        symbol's trades under its name, its quotes under ``quotes/SYM``."""
+        out = dict(zip(self.symbols, self.consumed)) if "trades" in self.kinds else {}
+        if "quotes" in self.kinds:
+            out.update((f"quotes/{sym}", c) for sym, c in zip(self.symbols,
+                                                               self.consumed_quotes))
+        return out
 
     def _guard(self, fn: Callable[[], None], where: str) -> None:
         """Run a strategy callback; its own exceptions become a StrategyError naming ``where``."""
@@ -233,7 +392,7 @@ class Engine:
                 if o.day == -1:  # submitted in on_start: lives through the first session
                     o.day = day
                 elif o.day < day:
-                    self.cancel(o.id)
+                    self._close(o, EXPIRED, "day order: its day ended")
 
     def _close_day(self) -> None:
         """Record the current day's equity row; count it as exposed if it held any position."""
@@ -244,41 +403,202 @@ class Engine:
 
     # ------------------------------------------------------------------ fills
     def _record(self, oids: Sequence[int], submits: Sequence[int], syms: Sequence[int],
-                ts: Sequence[int], qtys: Sequence[float], prices: Sequence[float]) -> list[float]:
+                ts: Sequence[int], qtys: Sequence[float], prices: Sequence[float],
+                liqs: Sequence[int]) -> list[float]:
         """Apply fills, in order, to the portfolio and the trade list; returns their fees.
 
         Both paths come through here (the per-tick path one fill at a time), so trades and
         equity are identical bit for bit whichever path produced the same orders.
         """
         fees = list(map(self.config.commission.fee, qtys, prices))
-        self._trades.add(self.portfolio, oids, submits, syms, ts, qtys, prices, fees)
+        self._trades.add(self.portfolio, oids, submits, syms, ts, qtys, prices, fees, liqs)
         self._day_exposed = True
         return fees
 
-    def _fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float, price: float) -> None:
+    def _fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float, price: float,
+              liq: int = 0) -> None:
         """Apply one fill, then show it to the strategy's ``on_fill``."""
-        (fee,) = self._record((oid,), (submit_ts,), (s,), (t,), (qty,), (price,))
+        (fee,) = self._record((oid,), (submit_ts,), (s,), (t,), (qty,), (price,), (liq,))
         if self._has_on_fill:
-            self.strategy.on_fill(Fill(oid, t, self.symbols[s], qty, price, fee))
+            self.strategy.on_fill(Fill(oid, t, self.symbols[s], qty, price, fee, LIQUIDITY[liq]))
 
-    def _match(self, s: int, t: int, p: float) -> None:
-        """Try every open order of symbol ``s`` (in submission order) against trade (t, p)."""
+    def _notify(self, o: Order, status: str, reason: str = "", qty: float = 0.0,
+                price: float = 0.0) -> None:
+        if self._has_on_order:
+            self.strategy.on_order(OrderEvent(o.id, self._tick.ts, self.symbols[o.sym], status,
+                                              reason, o.filled, o.remaining, qty, price))
+
+    def _close(self, o: Order, status: str, reason: str = "") -> None:
+        """Take an order off the book (filled, cancelled, expired) and say so."""
+        if self._open.pop(o.id, None) is None:
+            return
+        self._pending[o.sym].remove(o)
+        if status != FILLED:
+            self._notify(o, status, reason)
+        children = self._brackets.get(o.id)
+        if children is not None and o.filled == 0.0:  # an entry that never filled
+            del self._brackets[o.id]
+            for cid in map(int, children[:2]):
+                if cid in self._open:
+                    self._close(self._open[cid], CANCELLED, f"bracket entry {o.id} {status}")
+
+    def _live(self, o: Order, t: int, arrive: bool = True) -> int:
+        """Apply what is due on ``o`` at event time ``t`` (a cancel or modify arriving, GTD
+        expiry, its arrival at the venue); whether it can be tried on this event and how.
+        ``arrive=False``: this event cannot be the order's arrival (a trade under the quote
+        model, where orders arrive on quotes): a not yet accepted order is skipped."""
+        if o.id not in self._open:
+            return _SKIP
+        if o.cancel_at is not None and t >= o.cancel_at:
+            self._close(o, CANCELLED, "cancelled by the strategy")
+            return _SKIP
+        if o.change is not None and t >= o.change[0]:
+            at, qty, limit, stop = o.change
+            o.change, o.suspended = None, False
+            o.qty, o.limit, o.stop, o.eligible_ts = qty, limit, stop, at
+            book = self._pending[o.sym]
+            book.remove(o)
+            book.append(o)  # a replaced order queues behind the others
+            if abs(o.qty) <= abs(o.filled):
+                self._close(o, CANCELLED, f"modified to {qty:g}, at or below its filled "
+                            f"{o.filled:g}")
+                return _SKIP
+            self._notify(o, MODIFIED)
+        if o.suspended or not o.active or t < o.eligible_ts:
+            return _SKIP
+        if o.expire_ts is not None and t >= o.expire_ts:
+            self._close(o, EXPIRED, f"gtd: expired at {o.expire_ts}")
+            return _SKIP
+        if not o.seen:
+            if not arrive:
+                return _SKIP
+            o.seen = True
+            self._notify(o, ACCEPTED)
+            return _ARRIVED
+        return _RESTING
+
+    def _take(self, o: Order, s: int, t: int, avail: float, px: float, liq: str) -> float:
+        """Fill as much of ``o`` as ``avail`` allows (FOK: all or none; reduce-only: never past
+        flat); returns the quantity filled (unsigned)."""
+        rem = abs(o.qty - o.filled)
+        amount = min(rem, avail)
+        if o.reduce_only:
+            pos = self.portfolio.pos[s]
+            closable = abs(pos) if pos != 0.0 and (pos > 0.0) != (o.qty > 0.0) else 0.0
+            if closable == 0.0:
+                self._close(o, CANCELLED, "reduce-only: the position is already closed")
+                return 0.0
+            amount = min(amount, closable)
+        if o.tif == FOK and amount < rem:
+            self._close(o, CANCELLED, f"fok: only {amount:g} of {rem:g} available")
+            return 0.0
+        if amount <= 0.0:
+            return 0.0
+        done = amount == rem
+        qty = o.qty - o.filled if done else (amount if o.qty > 0.0 else -amount)
+        o.filled = o.qty if done else o.filled + qty
+        link = self._brackets.get(o.parent or o.id)
+        if link is not None:  # [take-profit id, stop-loss id, entry, tp, sl filled]
+            link[2 if not o.parent else 3 if o.id == link[0] else 4] = o.filled
+        self._fill(o.id, o.submit_ts, s, t, qty, px, LIQUIDITY.index(liq))
+        if done:
+            self._close(o, FILLED)
+        self._notify(o, FILLED if done else PARTIALLY_FILLED, "", qty, px)
+        if o.oco is not None:
+            for other in tuple(self._open.values()):
+                if other.oco == o.oco and other is not o:
+                    self._close(other, CANCELLED, f"oco: order {o.id} of group {o.oco!r} filled")
+        if link is not None:
+            self._sync_bracket(o.parent or o.id, t)
+        if o.reduce_only and o.id in self._open and self.portfolio.pos[s] == 0.0:
+            self._close(o, CANCELLED, "reduce-only: the position is closed")
+        return amount
+
+    def _sync_bracket(self, eid: int, t: int) -> None:
+        """Size a bracket's children to what its entry filled less what the other child
+        filled; activate them at the entry's first fill (tried from the next event on); a
+        child left with nothing to do is cancelled."""
+        link = self._brackets[eid]
+        ids, entry_filled, done = (int(link[0]), int(link[1])), link[2], link[3:]
+        for i, cid in enumerate(ids):
+            k = self._open.get(cid)
+            if k is None:
+                continue
+            k.qty = -entry_filled - done[1 - i]
+            if not k.active and entry_filled != 0.0:
+                k.active, k.eligible_ts = True, max(k.eligible_ts, t)
+                self._fresh.add(cid)
+            if k.active and abs(k.qty) <= abs(k.filled):
+                self._close(k, CANCELLED, "bracket: the other child closed the position")
+        if eid not in self._open and not any(c in self._open for c in ids):
+            del self._brackets[eid]
+
+    def _match(self, s: int, t: int, p: float, q: float) -> None:
+        """Try every open order of symbol ``s`` (in queue order) against trade (t, p, q).
+
+        Trade model: markets and triggered stops fill at the (slipped) trade price, limits at
+        their limit when the trade reaches it. Quote model: only a resting limit fills here,
+        when the trade prints through it.
+        """
+        part = self.config.max_participation
+        quote_model = self._quote_model
+        left = q * part if part is not None else q if quote_model else math.inf
+        self._fresh = set()
         for o in tuple(self._pending[s]):
-            if t < o.eligible_ts or o.id not in self._open:
+            how = _SKIP if o.id in self._fresh else self._live(o, t, not quote_model)
+            if how == _SKIP:
                 continue
             buy = o.qty > 0.0
-            px: float | None = None
-            if o.type == LIMIT:
-                if (p <= o.limit) if buy else (p >= o.limit):  # type: ignore[operator]
-                    px = o.limit
-            elif o.type == MARKET or (  # a triggered stop fills as a market order on that trade
-                    (p >= o.stop) if buy else (p <= o.stop)):  # type: ignore[operator]
-                px = slipped(p, 1.0 if buy else -1.0, self.config.slippage_bps)
-            if px is not None:
-                self.cancel(o.id)
-                self._fill(o.id, o.submit_ts, s, t, o.qty, px)
-            elif o.tif == IOC:
-                self.cancel(o.id)
+            if o.type in (STOP, STOP_LIMIT) and not self._trigger(
+                    o, (p >= o.stop) if buy else (p <= o.stop)):  # type: ignore[operator]
+                pass
+            elif o.type == LIMIT:
+                lim: float = o.limit  # type: ignore[assignment]
+                if (((p < lim) if buy else (p > lim)) if quote_model
+                        else ((p <= lim) if buy else (p >= lim))) and left > 0.0:
+                    left -= self._take(o, s, t, left, lim, MAKER)
+            elif not quote_model and left > 0.0:  # a market order or a triggered stop
+                left -= self._take(o, s, t, left, slipped(
+                    p, 1.0 if buy else -1.0, self.config.slippage_bps), TAKER)
+            if not quote_model and o.tif in (IOC, FOK) and o.id in self._open:
+                self._close(o, CANCELLED, f"{o.tif}: not filled on its first eligible event")
+
+    def _match_quote(self, s: int, t: int, bid: float, ask: float, bid_size: float,
+                     ask_size: float) -> None:
+        """Quote model: try every open order of ``s`` against the quote: markets and triggered
+        stops take the touch (slipped) up to its size, limits fill when the touch reaches
+        them (at the touch on arrival, at the limit once resting)."""
+        part = self.config.max_participation
+        left = [bid_size * part if part is not None else bid_size,
+                ask_size * part if part is not None else ask_size]
+        self._fresh = set()
+        for o in tuple(self._pending[s]):
+            how = _SKIP if o.id in self._fresh else self._live(o, t)
+            if how == _SKIP:
+                continue
+            buy = o.qty > 0.0
+            side = 1 if buy else 0
+            touch = ask if buy else bid
+            if o.type in (STOP, STOP_LIMIT) and not self._trigger(
+                    o, (ask >= o.stop) if buy else (bid <= o.stop)):  # type: ignore[operator]
+                pass
+            elif left[side] > 0.0:
+                if o.type == MARKET:
+                    left[side] -= self._take(o, s, t, left[side], slipped(
+                        touch, 1.0 if buy else -1.0, self.config.slippage_bps), TAKER)
+                elif (touch <= o.limit) if buy else (touch >= o.limit):  # type: ignore[operator]
+                    px, liq = (touch, TAKER) if how == _ARRIVED else (o.limit, MAKER)
+                    left[side] -= self._take(o, s, t, left[side], px, liq)  # type: ignore[arg-type]
+            if o.tif in (IOC, FOK) and o.id in self._open:
+                self._close(o, CANCELLED, f"{o.tif}: not filled on its first eligible event")
+
+    @staticmethod
+    def _trigger(o: Order, hit: bool) -> bool:
+        """A stop (stop-limit) whose trigger is ``hit`` becomes a market (limit) order and is
+        tried on this same event; whether it did."""
+        if hit:
+            o.type = MARKET if o.type == STOP else LIMIT
+        return hit
 
     # ------------------------------------------------------------------ per-tick path
     def _feed_ticks(self, chunk: pa.RecordBatch, n: int) -> None:
@@ -310,7 +630,7 @@ class Engine:
                 last[s] = p
                 tick.ts = t
                 if pending[s]:
-                    self._match(s, t, p)
+                    self._match(s, t, p, q)
                 tick.symbol = symbols[s]
                 tick.price = p
                 tick.size = q
@@ -321,6 +641,61 @@ class Engine:
             raise StrategyError(
                 f"{type(e).__name__} in strategy at ts={tick.ts} symbol={tick.symbol}: {e}"
             ) from e
+
+    def _feed_events(self, chunk: pa.RecordBatch, n: int) -> None:
+        """The per-event loop of a run with quotes: each row is a trade (``on_tick``) or a
+        quote (``on_quote``), in the stream's total order; the mark of a symbol is its latest
+        event's price (a trade's price, a quote's mid)."""
+        names = chunk.schema.names
+
+        def col(name: str) -> list[Any]:
+            return chunk.column(names.index(name)).to_numpy(zero_copy_only=False)[:n].tolist()
+
+        ts_l, sym_l, kind_l = col("ts"), col("sym"), col("kind")
+        px_l, sz_l = col("price"), col("size")
+        qb, qa, qbs, qas = col("q_bid"), col("q_ask"), col("q_bid_size"), col("q_ask_size")
+        extras = [(c, chunk.column(names.index(c)).slice(0, n).to_pylist()) for c in self._extras]
+        tick, quote = self._tick, self._quote
+        on_tick = self.strategy.on_tick if "trades" in self._wants else None
+        on_quote = self.strategy.on_quote if "quotes" in self._wants else None
+        pending, last, symbols, quotes = self._pending, self.portfolio.last, self.symbols, \
+            self.quotes
+        quote_model = self._quote_model
+        next_day = self._next_day_ns
+        where, i = "strategy", 0
+        try:
+            for i, (t, s, k) in enumerate(zip(ts_l, sym_l, kind_l)):
+                if t >= next_day:
+                    self._roll_day(t)
+                    next_day = self._next_day_ns
+                tick.ts = t
+                if k == TRADE:
+                    p = px_l[i]
+                    last[s] = p
+                    if pending[s]:
+                        self._match(s, t, p, sz_l[i])
+                    if on_tick is not None:
+                        tick.symbol, tick.price, tick.size = symbols[s], p, sz_l[i]
+                        for name, values in extras:
+                            setattr(tick, name, values[i])
+                        where = "on_tick"
+                        on_tick(tick)
+                else:
+                    b, a, bs, az = qb[i], qa[i], qbs[i], qas[i]
+                    last[s] = (b + a) * 0.5
+                    quotes[s] = (b, a, bs, az)
+                    if quote_model and pending[s]:
+                        self._match_quote(s, t, b, a, bs, az)
+                    if on_quote is not None:
+                        quote.ts, quote.symbol, quote.bid, quote.ask = t, symbols[s], b, a
+                        quote.bid_size, quote.ask_size = bs, az
+                        where = "on_quote"
+                        on_quote(quote)
+        except StrategyError:
+            raise
+        except Exception as e:
+            raise StrategyError(f"{type(e).__name__} in {where} at ts={tick.ts} "
+                                f"symbol={symbols[sym_l[min(i, n - 1)]]}: {e}") from e
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> bytes:
@@ -352,6 +727,9 @@ class Engine:
             "carried": self._vector.carried,
             "tick_ts": self._tick.ts,
             "started": self._started,
+            "quotes": self.quotes,
+            "consumed_quotes": self.consumed_quotes,
+            "brackets": self._brackets,
         })
 
     @classmethod
@@ -377,6 +755,9 @@ class Engine:
         eng.ticks_done = state["ticks_done"]
         eng.consumed = state["consumed"]
         eng._tick.ts = state["tick_ts"]
+        eng.quotes = state["quotes"]
+        eng.consumed_quotes = state["consumed_quotes"]
+        eng._brackets = state["brackets"]
         return eng
 
 
@@ -397,3 +778,8 @@ def _with_extras(on_tick: Callable[[Tick], None],
         on_tick(tick)
 
     return call
+
+
+def _positive(px: Any) -> bool:
+    """A usable price: a finite number above zero."""
+    return isinstance(px, (int, float)) and math.isfinite(px) and px > 0

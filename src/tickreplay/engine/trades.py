@@ -29,6 +29,7 @@ TRADE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("is_close", pa.bool_()),
     ("position", pa.float64()),
     ("cash", pa.float64()),
+    ("liquidity", pa.string()),  # "taker", "maker", or "" where the fill model cannot tell
 )
 EQUITY_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("date", pa.string()),
@@ -44,7 +45,10 @@ EQUITY_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
 _ARRAY_CODE: dict[pa.DataType, str] = {pa.int64(): "q", pa.float64(): "d", pa.bool_(): "b",
                                        pa.string(): "i"}
 _NUMPY_OF: dict[str, type[np.generic]] = {"q": np.int64, "i": np.int32, "d": np.float64,
-                                          "b": np.bool_}
+                                          "b": np.bool_, "B": np.uint8}
+# Stored as codes, like symbols: an index into these names (orders.LIQUIDITY).
+_CODED = {"symbol": "i", "liquidity": "B"}
+LIQUIDITY_NAMES = ("", "taker", "maker")
 
 
 def day_str(day: int) -> str:
@@ -63,13 +67,14 @@ class TradeLog:
     __slots__ = ("columns",)
 
     def __init__(self) -> None:
-        self.columns: dict[str, array[Any]] = {name: array(_ARRAY_CODE[t])
+        self.columns: dict[str, array[Any]] = {name: array(_CODED.get(name, _ARRAY_CODE[t]))
                                                for name, t in TRADE_COLUMNS}
 
     def add(self, portfolio: Portfolio, oids: Sequence[int], submits: Sequence[int],
             syms: Sequence[int], ts: Sequence[int], qtys: Sequence[float],
-            prices: Sequence[float], fees: Sequence[float]) -> None:
-        """Apply fills, in order, to ``portfolio`` and append one row per fill."""
+            prices: Sequence[float], fees: Sequence[float], liqs: Sequence[int]) -> None:
+        """Apply fills, in order, to ``portfolio`` and append one row per fill (``liqs``:
+        liquidity codes, indices into ``LIQUIDITY_NAMES``)."""
         tr = self.columns
         portfolio.apply_fills(syms, qtys, prices, fees, tr["realized_pnl"], tr["is_close"],
                               tr["position"], tr["cash"])
@@ -80,6 +85,7 @@ class TradeLog:
         tr["qty"].extend(qtys)
         tr["price"].extend(prices)
         tr["fee"].extend(fees)
+        tr["liquidity"].extend(liqs)
 
     def table(self, symbols: Sequence[str]) -> pa.Table:
         """The trade table, symbol codes turned back into names."""
@@ -89,9 +95,11 @@ class TradeLog:
         """One column as Arrow, viewing the typed array's buffer (no per-value conversion)."""
         values: np.ndarray = np.frombuffer(self.columns[name],
                                            dtype=_NUMPY_OF[self.columns[name].typecode])
-        if name == "symbol":  # stored as symbol codes
+        if name in _CODED:  # stored as codes
+            names = symbols if name == "symbol" else LIQUIDITY_NAMES
             return pa.DictionaryArray.from_arrays(
-                pa.array(values), pa.array(symbols, pa.string())).cast(type)
+                pa.array(values if name == "symbol" else values.astype(np.int8)),
+                pa.array(names, pa.string())).cast(type)
         return pa.array(values, type=type)
 
 

@@ -18,10 +18,11 @@ import numpy as np
 import pyarrow as pa
 
 from tickreplay.engine.config import RunConfig
-from tickreplay.engine.orders import DAY_NS, slipped
+from tickreplay.engine.orders import DAY_NS, LIQUIDITY, TAKER, slipped
 from tickreplay.engine.portfolio import Portfolio
 from tickreplay.strategy.api import Strategy, StrategyError, Tick
 
+TAKER_CODE = LIQUIDITY.index(TAKER)  # every vectorised fill is a market order's
 # An order carried to a later chunk (no eligible row of its symbol yet):
 # (order id, qty, eligible ts, submit ts).
 Carried = tuple[int, float, int, int]
@@ -52,11 +53,11 @@ class VectorHost(Protocol):
     def _roll_day(self, t: int) -> None: ...
 
     def _record(self, oids: Sequence[int], submits: Sequence[int], syms: Sequence[int],
-                ts: Sequence[int], qtys: Sequence[float],
-                prices: Sequence[float]) -> list[float]: ...
+                ts: Sequence[int], qtys: Sequence[float], prices: Sequence[float],
+                liqs: Sequence[int]) -> list[float]: ...
 
     def _fill(self, oid: int, submit_ts: int, s: int, t: int, qty: float,
-              price: float) -> None: ...
+              price: float, liq: int = 0) -> None: ...
 
 
 class VectorPath:
@@ -231,13 +232,13 @@ class VectorPath:
         oids, subs, syms, ts, qtys, pxs, marks = (col[lo:hi] for col in fills)
         try:
             if not eng._has_on_fill:
-                eng._record(oids, subs, syms, ts, qtys, pxs)
+                eng._record(oids, subs, syms, ts, qtys, pxs, [TAKER_CODE] * len(oids))
                 return
             last = eng.portfolio.last
             for oid, sub, s, t, qty, px, mark in zip(oids, subs, syms, ts, qtys, pxs, marks):
                 last[s] = mark
                 eng._tick.ts = t
-                eng._fill(oid, sub, s, t, qty, px)
+                eng._fill(oid, sub, s, t, qty, px, TAKER_CODE)
         except StrategyError:
             raise
         except Exception as e:

@@ -33,12 +33,27 @@ class StrategyContext(Protocol):
     """
 
     def order(self, symbol: str, qty: float, type: str, limit: float | None,
-              stop: float | None, tif: str) -> int:
-        """Queue an order; returns its id."""
+              stop: float | None, tif: str, expire_ts: int | None = None,
+              oco: str | None = None, reduce_only: bool = False) -> int:
+        """Queue an order; returns its id (a rejected order has one too)."""
+        ...
+
+    def bracket(self, symbol: str, qty: float, entry: float | None, take_profit: float,
+                stop_loss: float, tif: str) -> tuple[int, int, int]:
+        """An entry and its take-profit and stop-loss children; their ids."""
         ...
 
     def cancel(self, order_id: int) -> bool:
         """Cancel an open order; False when it is no longer open."""
+        ...
+
+    def modify(self, order_id: int, qty: float | None, limit: float | None,
+               stop: float | None) -> bool:
+        """Cancel-replace an open order's quantity and prices; False when it is not open."""
+        ...
+
+    def orders(self) -> list[Any]:
+        """The open orders, by id."""
         ...
 
     def position(self, symbol: str) -> float:
@@ -79,6 +94,48 @@ class FillRecord(Protocol):
     def price(self) -> float: ...
     @property
     def fee(self) -> float: ...
+    @property
+    def liquidity(self) -> str: ...
+
+
+class OrderEventRecord(Protocol):
+    """A change in an order's life, as ``on_order`` sees it (``engine.orders.OrderEvent``)."""
+
+    @property
+    def order_id(self) -> int: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def symbol(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def filled(self) -> float: ...
+    @property
+    def remaining(self) -> float: ...
+
+
+class Quote:
+    """One L1 quote event as ``on_quote`` sees it (reused, like :class:`Tick`).
+
+    ``bid_size``/``ask_size`` are ``inf`` when the data has no sizes (unlimited).
+    """
+
+    __slots__ = ("ask", "ask_size", "bid", "bid_size", "symbol", "ts")
+
+    def __init__(self) -> None:
+        self.ts: int = 0
+        self.symbol: str = ""
+        self.bid: float = 0.0
+        self.ask: float = 0.0
+        self.bid_size: float = 0.0
+        self.ask_size: float = 0.0
+
+    def __repr__(self) -> str:
+        return (f"Quote(ts={self.ts}, symbol={self.symbol!r}, bid={self.bid}, ask={self.ask}, "
+                f"bid_size={self.bid_size}, ask_size={self.ask_size})")
 
 
 class Tick:
@@ -130,6 +187,8 @@ class Strategy:
         model_config = ConfigDict(extra="forbid")
 
     columns: ClassVar[tuple[str, ...]] = ("price", "size")
+    # The event kinds the strategy reads: "trades" (on_tick) and/or "quotes" (on_quote).
+    events: ClassVar[tuple[str, ...]] = ("trades",)
 
     params: Any
     rng: np.random.Generator
@@ -177,8 +236,15 @@ class Strategy:
         """Vectorised path: one symbol's rows; return the target position after each row."""
         raise NotImplementedError
 
+    def on_quote(self, quote: Quote) -> None:
+        """Called for every L1 quote when ``events`` includes "quotes"."""
+
     def on_fill(self, fill: FillRecord) -> None:
-        """Called after each fill has been applied to the portfolio."""
+        """Called after each fill (a partial fill too) has been applied to the portfolio."""
+
+    def on_order(self, event: OrderEventRecord) -> None:
+        """Called on each change of an order's life: accepted, rejected (with a reason),
+        partially_filled, filled, cancelled, expired, modified."""
 
     def on_stop(self) -> None:
         """Called once after the last tick."""
@@ -191,13 +257,37 @@ class Strategy:
         return self._context
 
     def order(self, symbol: str, qty: float, type: str = "market", limit: float | None = None,
-              stop: float | None = None, tif: str = "gtc") -> int:
-        """Submit an order (qty signed: + buy, - sell); returns its id."""
-        return self._bound().order(symbol, qty, type, limit, stop, tif)
+              stop: float | None = None, tif: str = "gtc", *, expire_ts: int | None = None,
+              oco: str | None = None, reduce_only: bool = False) -> int:
+        """Submit an order (qty signed: + buy, - sell); returns its id.
+
+        ``type``: market, limit, stop, stop_limit; ``tif``: gtc, ioc, day, fok, gtd (with
+        ``expire_ts``, ns UTC). Orders sharing an ``oco`` group cancel each other on the first
+        fill; ``reduce_only`` orders never increase or flip the position.
+        """
+        return self._bound().order(symbol, qty, type, limit, stop, tif, expire_ts, oco,
+                                   reduce_only)
+
+    def bracket(self, symbol: str, qty: float, *, entry: float | None = None,
+                take_profit: float, stop_loss: float, tif: str = "gtc") -> tuple[int, int, int]:
+        """An entry (limit at ``entry``, or market) with a take-profit limit and a stop-loss
+        stop for the filled quantity, active once the entry fills and cancelling each other;
+        returns ``(entry id, take-profit id, stop-loss id)``."""
+        return self._bound().bracket(symbol, qty, entry, take_profit, stop_loss, tif)
 
     def cancel(self, order_id: int) -> bool:
         """Cancel an open order; False if it already filled, expired or never existed."""
         return self._bound().cancel(order_id)
+
+    def modify(self, order_id: int, *, qty: float | None = None, limit: float | None = None,
+               stop: float | None = None) -> bool:
+        """Cancel-replace an open order (new total qty, limit or stop), with the latency of a
+        new order; False if it is no longer open."""
+        return self._bound().modify(order_id, qty, limit, stop)
+
+    def orders(self) -> list[Any]:
+        """The open orders (``OrderView``: id, symbol, qty, filled, remaining, status...)."""
+        return self._bound().orders()
 
     def position(self, symbol: str) -> float:
         """Current (filled) position in ``symbol``."""
