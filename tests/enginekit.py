@@ -48,3 +48,21 @@ def run(strategy: Strategy, symbols: Sequence[str], batches: Sequence[pa.RecordB
 def split(batch: pa.RecordBatch, size: int) -> list[pa.RecordBatch]:
     """Cut a batch into chunks of ``size`` rows."""
     return [batch.slice(i, size) for i in range(0, batch.num_rows, size)]
+
+
+def events(rows: Sequence[tuple]) -> pa.RecordBatch:
+    """An event-stream chunk (what ``open_event_stream`` yields) from rows, in the given order:
+    ``("t", ts, sym, price, size)`` trades and ``("q", ts, sym, bid, ask[, bid_size, ask_size])``
+    quotes (sizes default to unlimited)."""
+    nan, inf = float("nan"), float("inf")
+    cols: dict[str, list] = {c: [] for c in ("ts", "sym", "kind", "price", "size", "q_bid",
+                                             "q_ask", "q_bid_size", "q_ask_size")}
+    for r in rows:
+        trade = r[0] == "t"
+        vals = ((r[1], r[2], 1, float(r[3]), float(r[4]), nan, nan, nan, nan) if trade else
+                (r[1], r[2], 0, nan, nan, float(r[3]), float(r[4]),
+                 float(r[5]) if len(r) > 5 else inf, float(r[6]) if len(r) > 6 else inf))
+        for c, v in zip(cols, vals):
+            cols[c].append(v)
+    types = {"ts": pa.int64(), "sym": pa.int32(), "kind": pa.int8()}
+    return pa.record_batch({c: pa.array(v, types.get(c, pa.float64())) for c, v in cols.items()})
