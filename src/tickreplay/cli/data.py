@@ -63,11 +63,39 @@ def data_ingest(
     tz: Annotated[str, typer.Option(help="Time zone of naive datetime strings")] = "UTC",
     column: Annotated[list[str] | None, typer.Option(
         help="Extra column mapping SOURCE=TARGET, e.g. bid_px=bid (repeatable)")] = None,
+    kind: Annotated[str, typer.Option(help="trades or quotes (L1 bid/ask)")] = "trades",
+    bid_col: Annotated[str | None, typer.Option(
+        help="Bid price column (--kind quotes; default bid)")] = None,
+    ask_col: Annotated[str | None, typer.Option(
+        help="Ask price column (--kind quotes; default ask)")] = None,
+    bid_size_col: Annotated[str | None, typer.Option(
+        help="Bid size column (--kind quotes; without it sizes are unlimited)")] = None,
+    ask_size_col: Annotated[str | None, typer.Option(
+        help="Ask size column (--kind quotes; without it sizes are unlimited)")] = None,
 ) -> None:
-    """Validate a file of one symbol's ticks and write it into the catalog."""
+    """Validate a file of one symbol's trades (or with --kind quotes, L1 quotes) into the catalog."""
     from tickreplay.data.errors import DataError
-    from tickreplay.data.ingest import ingest
+    from tickreplay.data.ingest import ingest, ingest_quotes
 
+    quote_flags = {"--bid-col": bid_col, "--ask-col": ask_col, "--bid-size-col": bid_size_col,
+                   "--ask-size-col": ask_size_col}
+    if kind == "quotes":
+        if column:
+            raise fail("--column applies to trades only (quotes have a fixed set of columns)")
+        try:
+            parts = ingest_quotes(file, symbol, open_catalog(out), ts_col=ts_col,
+                                  bid_col=bid_col or "bid", ask_col=ask_col or "ask",
+                                  bid_size_col=bid_size_col, ask_size_col=ask_size_col,
+                                  ts_unit=ts_unit, tz=tz)  # type: ignore[arg-type]
+        except (DataError, ValueError) as e:
+            raise fail(str(e)) from None
+        console.print(f"ingested {file} as {symbol} quotes: {len(parts)} partitions")
+        return
+    if kind != "trades":
+        raise fail(f"--kind must be trades or quotes, got {kind!r}")
+    given = [flag for flag, value in quote_flags.items() if value is not None]
+    if given:
+        raise fail(f"{', '.join(given)} only apply with --kind quotes")
     mapping = {}
     for m in column or []:
         src, sep, dst = m.partition("=")
@@ -86,22 +114,23 @@ def data_ingest(
 @data_app.command("ls")
 def data_ls(url: Annotated[str, typer.Argument(help="Catalog URL")],
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the catalog: symbols, days and sizes."""
+    """List the catalog: symbols, kinds (trades, quotes), days and sizes."""
     from tickreplay.data.catalog import list_partitions
 
     parts = list_partitions(open_catalog(url))
     if as_json:
         console.print_json(json.dumps(
-            [{"symbol": p.symbol, "date": p.date, "key": p.key, "size": p.size} for p in parts]))
+            [{"symbol": p.symbol, "date": p.date, "kind": p.kind, "key": p.key, "size": p.size}
+             for p in parts]))
         return
-    by_sym: dict[str, list[Any]] = {}
+    by_sym: dict[tuple[str, str], list[Any]] = {}
     for p in parts:
-        by_sym.setdefault(p.symbol, []).append(p)
+        by_sym.setdefault((p.symbol, p.kind), []).append(p)
     table = Table(title=f"{url}: {len(parts)} partitions")
-    for col in ("symbol", "days", "first", "last", "MB"):
+    for col in ("symbol", "kind", "days", "first", "last", "MB"):
         table.add_column(col, justify="right" if col in ("days", "MB") else "left")
-    for sym, ps in by_sym.items():
-        table.add_row(sym, str(len(ps)), ps[0].date, ps[-1].date,
+    for (sym, kind), ps in sorted(by_sym.items()):
+        table.add_row(sym, kind, str(len(ps)), ps[0].date, ps[-1].date,
                       f"{sum(p.size for p in ps) / 1e6:.1f}")
     console.print(table)
 

@@ -3,6 +3,10 @@
 A user's data problem must be visible at ingest, with the row and column that break it, never
 later as a strange fill: so nothing is silently repaired. Rows are not re-sorted (unsorted input
 is an error), nulls are not dropped, and bad prices are not clipped.
+
+L1 quotes (:func:`ingest_quotes`) follow the same rules and add their own: a crossed quote
+(bid above ask) is rejected naming its row, since a fill model trusting it would fill at
+impossible prices; a locked quote (bid equal to ask) is real market data and is kept.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pyarrow.parquet as pq
 from tickreplay.data.catalog import Partition
 from tickreplay.data.objectstore import ObjectStore
 from tickreplay.data.partitions import write_partition
-from tickreplay.data.schema import TICK_FIELDS, schema_for, validate_symbol
+from tickreplay.data.schema import TICK_FIELDS, quote_schema, schema_for, validate_symbol
 from tickreplay.errors import IngestError
 
 TsUnit = Literal["ns", "us", "ms", "s", "auto"]
@@ -112,6 +116,91 @@ def ingest(
         arrays[dst] = _extra_column(table.column(src), TICK_FIELDS[dst], where, src)
     out = pa.Table.from_arrays(list(arrays.values()), schema=schema_for(list(arrays)))
     return _write_partitions(out, ts, symbol, store, where, ts_col)
+
+
+def ingest_quotes(
+    source: Path | str,
+    symbol: str,
+    store: ObjectStore,
+    *,
+    ts_col: str = "ts",
+    bid_col: str = "bid",
+    ask_col: str = "ask",
+    bid_size_col: str | None = None,
+    ask_size_col: str | None = None,
+    ts_unit: TsUnit = "auto",
+    tz: str = "UTC",
+) -> list[Partition]:
+    """Validate a CSV or Parquet file of one symbol's L1 quotes and write quote partitions.
+
+    Split by UTC date like :func:`ingest` (one ``quotes/symbol=SYM/date=D`` partition per
+    date, replacing an existing one), with the same timestamp rules and 1-based row numbers.
+
+    Args:
+        source: ``.csv``, ``.csv.gz`` or ``.parquet`` file, any column names.
+        symbol: The symbol the rows belong to.
+        store: Catalog to write to.
+        ts_col: Source column of the timestamps (as in :func:`ingest`).
+        bid_col: Source column of the bid price (finite, > 0, not null).
+        ask_col: Source column of the ask price (finite, > 0, not null, >= bid).
+        bid_size_col: Optional source column of the bid size (>= 0; null = unlimited). Without
+            it the partition's ``bid_size`` is all null: every quote has unlimited size.
+        ask_size_col: The same for the ask size.
+        ts_unit: Unit of numeric epochs; ``auto`` infers it from their magnitude.
+        tz: Time zone of naive datetime strings/timestamps (epochs are always UTC).
+
+    Returns:
+        The quote partitions written, in date order.
+
+    Raises:
+        IngestError: Unreadable file, missing column, null or non-positive price, crossed
+            quote, negative or non-finite size, or timestamps going backwards within a date.
+    """
+    source = Path(source)
+    validate_symbol(symbol)
+    wanted = {"ts": ts_col, "bid": bid_col, "ask": ask_col}
+    if bid_size_col is not None:
+        wanted["bid_size"] = bid_size_col
+    if ask_size_col is not None:
+        wanted["ask_size"] = ask_size_col
+    table = _read(source, ts_col)
+    missing = [
+        f"{src!r} (for {dst})" for dst, src in wanted.items() if src not in table.column_names
+    ]
+    if missing:
+        raise IngestError(
+            f"{source.name}: column(s) {', '.join(missing)} not found; "
+            f"available columns: {table.column_names}"
+        )
+    if table.num_rows == 0:
+        raise IngestError(f"{source.name}: no data rows")
+    where = source.name
+    for dst in ("ts", "bid", "ask"):
+        _reject_nulls(table.column(wanted[dst]), where, wanted[dst])
+    ts = _timestamps_ns(table.column(ts_col), ts_unit, tz, where, ts_col)
+    bid = _as_float(table.column(bid_col), where, bid_col)
+    _reject_rows(~(np.isfinite(bid) & (bid > 0)), bid, where, bid_col, "bid must be > 0")
+    ask = _as_float(table.column(ask_col), where, ask_col)
+    _reject_rows(~(np.isfinite(ask) & (ask > 0)), ask, where, ask_col, "ask must be > 0")
+    crossed = np.flatnonzero(bid > ask)
+    if crossed.size:
+        i = int(crossed[0])
+        raise _fail_at(i, where, bid_col, f"crossed quote: bid {bid[i].item()!r} is above "
+                                          f"ask {ask[i].item()!r} (column {ask_col!r})")
+    arrays: dict[str, pa.Array] = {"ts": pa.array(ts), "bid": pa.array(bid), "ask": pa.array(ask)}
+    for dst in ("bid_size", "ask_size"):
+        src = wanted.get(dst)
+        if src is None:
+            arrays[dst] = pa.nulls(table.num_rows, pa.float64())
+            continue
+        col = table.column(src)
+        values = _as_float(col, where, src)
+        null = col.is_null().to_numpy(zero_copy_only=False)
+        bad = ~null & ~(np.isfinite(values) & (values >= 0))
+        _reject_rows(bad, values, where, src, f"{dst.replace('_', ' ')} must be >= 0")
+        arrays[dst] = pa.array(values, mask=null)
+    out = pa.Table.from_arrays(list(arrays.values()), schema=quote_schema(list(arrays)))
+    return _write_partitions(out, ts, symbol, store, where, ts_col, kind="quotes")
 
 
 def _read(source: Path, ts_col: str) -> pa.Table:
@@ -277,7 +366,13 @@ def _extra_column(col: pa.ChunkedArray, target: pa.DataType, where: str, name: s
 
 
 def _write_partitions(
-    table: pa.Table, ts: np.ndarray, symbol: str, store: ObjectStore, where: str, ts_col: str
+    table: pa.Table,
+    ts: np.ndarray,
+    symbol: str,
+    store: ObjectStore,
+    where: str,
+    ts_col: str,
+    kind: str = "trades",
 ) -> list[Partition]:
     """Split ``table`` by the UTC date of ``ts`` and write one partition per date.
 
@@ -307,6 +402,7 @@ def _write_partitions(
             symbol,
             np.datetime64(int(days_sorted[lo]), "D").astype(object),
             table.take(pa.array(order[lo:hi])),
+            kind,
         )
         for lo, hi in zip(starts, ends, strict=True)
     ]
