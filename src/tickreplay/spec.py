@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -24,6 +24,10 @@ class BacktestSpec(BaseModel):
     end: dt.date
     params: dict[str, Any] = Field(default_factory=dict)
     config: RunConfig = RunConfig()
+    # The data kinds to plan: "trades" and/or "quotes". None: as the strategy declares
+    # (clients that load it fill this in); where nothing loaded it, trades, plus quotes under
+    # the quote fill model (see kinds()).
+    events: tuple[Literal["trades", "quotes"], ...] | None = Field(default=None, min_length=1)
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -46,6 +50,12 @@ class BacktestSpec(BaseModel):
         if start is not None and start > end:
             raise ValueError(f"end {end} is before start {start}")
         return end
+
+    def kinds(self) -> tuple[str, ...]:
+        """The data kinds to plan (``events``, or what they default to without a strategy)."""
+        if self.events is not None:
+            return tuple(k for k in ("trades", "quotes") if k in self.events)
+        return ("trades", "quotes") if self.config.fill_model == "quote" else ("trades",)
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> BacktestSpec:

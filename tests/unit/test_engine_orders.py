@@ -51,7 +51,7 @@ class Bot(Strategy):
         self.seen.append((event.order_id, event.status, event.reason))
 
 
-def TBot(script: dict[int, list[Act]]) -> Bot:  # noqa: N802 - a Bot on trades only
+def TBot(script: dict[int, list[Act]]) -> Bot:
     return Bot(script, ("trades",))
 
 
@@ -195,7 +195,7 @@ def test_oco_the_first_fill_cancels_the_rest_of_the_group() -> None:
 
 
 def test_bracket_children_start_with_the_entry_fill_and_cancel_each_other() -> None:
-    bracket: Act = lambda b: b.ids.extend(  # noqa: E731
+    bracket: Act = lambda b: b.ids.extend(
         b.bracket("A", 10, take_profit=105.0, stop_loss=95.0))
     b = TBot({0: [bracket]})
     r = run(b, ["A"], [chunk([(0, 0, 100.0), (1, 0, 106.0), (2, 0, 107.0), (3, 0, 90.0)])])
@@ -255,7 +255,7 @@ def test_reduce_only_never_flips_the_position() -> None:
 
 
 def test_orders_lists_open_orders_with_their_status() -> None:
-    snap: Act = lambda b: b.books.append([(o.order_id, o.status, o.filled, o.remaining)  # noqa: E731
+    snap: Act = lambda b: b.books.append([(o.order_id, o.status, o.filled, o.remaining)
                                           for o in b.orders()])
     b = Bot({0: [order("A", 50), snap], 1: [snap], 2: [snap]})
     run(b, ["A"], [events([("q", 0, 0, 99.0, 100.0), ("q", 1, 0, 99.0, 100.0, 5, 20),

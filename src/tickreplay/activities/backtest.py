@@ -98,7 +98,8 @@ class BacktestActivities(RunActivity):
         spec = BacktestSpec.parse(inp.spec)
         with pulse():
             plan = self._retry(lambda: plan_data(open_store(spec.data_url, self.settings),
-                                                 spec.symbols, spec.start, spec.end), "plan data")
+                                                 spec.symbols, spec.start, spec.end,
+                                                 events=spec.kinds()), "plan data")
         key = f"jobs/{inp.job_id}/plan-{plan.fingerprint[:16]}.json"
         with pulse():
             self._retry(lambda: self._artifacts().put_bytes(key, json.dumps(plan.to_dict()).encode()),

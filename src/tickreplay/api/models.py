@@ -57,6 +57,16 @@ class ExecutionSettings(BaseModel):
     initial_cash: float = Field(1_000_000.0, gt=0, le=1e15)
     seed: int = Field(0, ge=0, le=2**63 - 1)
     mode: Literal["auto", "tick", "vector"] = "auto"
+    fill_model: Literal["trade", "quote"] = Field(
+        "trade", description="trade: against trade prints, in full; quote: market orders at "
+                             "the L1 touch up to its size (needs quote data)")
+    max_participation: float | None = Field(
+        None, gt=0, le=1, description="Fraction of each trade's or quote's size an order may "
+                                      "take (none: no cap)")
+    cancel_latency: bool = Field(False, description="Cancels and modifies take the latency")
+    events: list[Literal["trades", "quotes"]] | None = Field(
+        None, min_length=1, description="Data kinds to plan (default: trades, and quotes "
+                                        "under the quote fill model)")
 
     @field_validator("commission")
     @classmethod

@@ -264,16 +264,20 @@ class JobService:
             config = RunConfig(initial_cash=req.initial_cash,
                                latency_ns=round(req.latency_ms * 1_000_000),
                                slippage_bps=req.slippage_bps, commission=req.commission,
-                               seed=req.seed, mode=req.mode)
+                               seed=req.seed, mode=req.mode, fill_model=req.fill_model,
+                               max_participation=req.max_participation,
+                               cancel_latency=req.cancel_latency)
             spec = BacktestSpec.parse({"strategy": entry, "data_url": data_url,
                                        "symbols": req.symbols, "start": req.start_date,
-                                       "end": req.end_date, "params": params, "config": config})
+                                       "end": req.end_date, "params": params, "config": config,
+                                       "events": req.events})
         except (TickreplayError, ValueError) as e:
             raise InvalidRequest(str(e).replace("field 'start'", "field 'start_date'")
                                  .replace("field 'end'", "field 'end_date'")) from None
         store = open_store(data_url, self.settings)
         missing = await self._s3(lambda: missing_symbols(store, list(spec.symbols), spec.start,
-                                                          spec.end), "list the catalog")
+                                                          spec.end, events=spec.kinds()),
+                                 "list the catalog")
         span = f"between {spec.start} and {spec.end}"
         if missing and (len(missing) == len(spec.symbols) or not req.allow_missing):
             raise InvalidRequest(f"symbols: no data for {','.join(missing)} {span}")

@@ -45,15 +45,17 @@ def load_settings() -> Any:
     return Settings.load()
 
 
-def missing_symbols(store: Any, symbols: list[str], start: dt.date, end: dt.date) -> list[str]:
-    """The symbols without a partition in ``[start, end]`` (see :func:`data.catalog.missing_symbols`)."""
+def missing_symbols(store: Any, symbols: list[str], start: dt.date, end: dt.date,
+                    events: tuple[str, ...] = ("trades",)) -> list[str]:
+    """The symbols without a partition of ``events`` in ``[start, end]`` (see
+    :func:`data.catalog.missing_symbols`)."""
     from tickreplay.data.catalog import missing_symbols as missing
 
-    return missing(store, symbols, start, end)
+    return missing(store, symbols, start, end, events=events)
 
 
 def check_symbols(data_url: str, symbols: list[str], start: dt.date, end: dt.date,
-                  allow_missing: bool) -> None:
+                  allow_missing: bool, events: tuple[str, ...] = ("trades",)) -> None:
     """Fail naming the requested symbols the catalog has no data for (unless allowed).
 
     Without this a typo such as ``AAPL,ZZZZ`` silently ran AAPL only.
@@ -61,7 +63,8 @@ def check_symbols(data_url: str, symbols: list[str], start: dt.date, end: dt.dat
     from tickreplay.data.objectstore import open_store
 
     try:
-        missing = missing_symbols(open_store(data_url, load_settings()), symbols, start, end)
+        missing = missing_symbols(open_store(data_url, load_settings()), symbols, start, end,
+                                  events=events)
     except Exception as e:  # noqa: BLE001 - any storage failure: report it on one line
         raise fail(f"cannot list the catalog {data_url}: {type(e).__name__}: {e}", 1) from None
     if not missing:
@@ -101,7 +104,8 @@ def open_catalog(url: str) -> Any:
 
 
 def build_config(latency_ms: float, slippage_bps: float, commission: str, initial_cash: float,
-                 seed: int, mode: str) -> Any:
+                 seed: int, mode: str, fill_model: str = "trade",
+                 max_participation: float | None = None, cancel_latency: bool = False) -> Any:
     """RunConfig from CLI flags, with errors that name the flag."""
     from pydantic import ValidationError
 
@@ -111,7 +115,9 @@ def build_config(latency_ms: float, slippage_bps: float, commission: str, initia
     try:
         comm = Commission.parse(commission)
         return RunConfig(initial_cash=initial_cash, latency_ns=round(latency_ms * 1_000_000),
-                         slippage_bps=slippage_bps, commission=comm, seed=seed, mode=mode)  # type: ignore[arg-type]
+                         slippage_bps=slippage_bps, commission=comm, seed=seed, mode=mode,  # type: ignore[arg-type]
+                         fill_model=fill_model, max_participation=max_participation,  # type: ignore[arg-type]
+                         cancel_latency=cancel_latency)
     except ValidationError as e:
         raise fail(format_validation_error(e, "invalid run settings")) from None
     except ValueError as e:

@@ -282,6 +282,9 @@ def submit(
     initial_cash: o.InitialCash = 1_000_000.0,
     seed: o.Seed = 0,
     mode: o.Mode = "auto",
+    fill_model: o.FillModel = "trade",
+    max_participation: o.MaxParticipation = None,
+    cancel_latency: o.CancelLatency = False,
     job_id: Annotated[str | None, typer.Option(help="Idempotency key: same id, same job")] = None,
     checkpoint_every: Annotated[float, typer.Option(help="Seconds of work between checkpoints")] = 30.0,
     stall_timeout: o.StallTimeout = DEFAULT_STALL_TIMEOUT,
@@ -300,13 +303,16 @@ def submit(
     """
     if (strategy is None) == (image is None):
         raise fail("give a strategy file or --image REF (one of them)")
-    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
+    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
+                          fill_model, max_participation, cancel_latency)
     api = _api_client()
     if api is not None:
         _api_only_defaults(data)
         spec = _spec(strategy or str(image), data, symbols, start, end, param, config)
         execution = _execution(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
                                allow_missing, stall_timeout)
+        execution.update(fill_model=fill_model, max_participation=max_participation,
+                         cancel_latency=cancel_latency)
         if job_id is not None:
             execution["job_id"] = job_id
         if image is not None:
@@ -322,7 +328,8 @@ def submit(
     job = (_prepare(spec, job_id, checkpoint_every, stall_timeout) if image is None
            else _prepare_image(spec, image, job_id, checkpoint_every, stall_timeout))
     settings = _stack_settings()
-    check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
+    check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing,
+                  spec.kinds())
 
     async def go() -> None:
         client = await _client()
@@ -542,6 +549,9 @@ def sweep_cmd(
     initial_cash: o.InitialCash = 1_000_000.0,
     seed: o.Seed = 0,
     mode: o.Mode = "auto",
+    fill_model: o.FillModel = "trade",
+    max_participation: o.MaxParticipation = None,
+    cancel_latency: o.CancelLatency = False,
     stall_timeout: o.StallTimeout = DEFAULT_STALL_TIMEOUT,
     allow_missing: o.AllowMissing = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -553,13 +563,16 @@ def sweep_cmd(
         if not sep or not values:
             raise fail(f"--grid expects name=v1,v2,..., got {g!r}")
         axes[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
-    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
+    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
+                          fill_model, max_participation, cancel_latency)
     api = _api_client()
     if api is not None:
         _api_only_defaults(data)
         spec = _spec(strategy, data, symbols, start, end, param, config)
         execution = _execution(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
                                allow_missing, stall_timeout)
+        execution.update(fill_model=fill_model, max_participation=max_participation,
+                         cancel_latency=cancel_latency)
         with api, _api_errors():
             _sweep_api(api, spec, axes, execution, max_concurrent, metric, minimize, as_json)
         return
@@ -570,7 +583,8 @@ def sweep_cmd(
     spec = _spec(strategy, data, symbols, start, end, param, config)
     base = _prepare(spec, None, 30.0, stall_timeout)
     _stack_settings()  # no stack: fail now, before listing the catalog
-    check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing)
+    check_symbols(spec.data_url, list(spec.symbols), spec.start, spec.end, allow_missing,
+                  spec.kinds())
     from tickreplay.strategy.loader import bundle_from_spec, load_strategy
 
     bundle = bundle_from_spec(strategy)

@@ -23,6 +23,13 @@ Commission = Annotated[str, typer.Option(help="none | per_share=X[,min=Y] | bps=
 InitialCash = Annotated[float, typer.Option(help="Starting cash")]
 Seed = Annotated[int, typer.Option(help="Seed of the strategy's rng")]
 Mode = Annotated[str, typer.Option(help="auto | tick | vector")]
+FillModel = Annotated[str, typer.Option(
+    help="trade (fill against trade prints, in full) | quote (market orders at the L1 touch, "
+         "up to its size; needs quote data)")]
+MaxParticipation = Annotated[float | None, typer.Option(
+    help="Fraction (0-1] of each trade's or quote's size an order may take (default: no cap)")]
+CancelLatency = Annotated[bool, typer.Option(
+    "--cancel-latency", help="Cancels and modifies take the order latency to arrive")]
 StallTimeout = Annotated[float, typer.Option(
     min=1, help="Seconds without progress before the strategy is stopped as stuck")]
 AllowMissing = Annotated[bool, typer.Option(

@@ -40,6 +40,9 @@ def run(
     initial_cash: o.InitialCash = 1_000_000.0,
     seed: o.Seed = 0,
     mode: o.Mode = "auto",
+    fill_model: o.FillModel = "trade",
+    max_participation: o.MaxParticipation = None,
+    cancel_latency: o.CancelLatency = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar")] = False,
     allow_missing: o.AllowMissing = False,
@@ -56,14 +59,16 @@ def run(
     from tickreplay.spec import BacktestSpec, SpecError, parse_params
     from tickreplay.strategy.api import StrategyError
 
-    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode)
+    config = build_config(latency_ms, slippage_bps, commission, initial_cash, seed, mode,
+                          fill_model, max_participation, cancel_latency)
     try:
         spec = BacktestSpec.parse({"strategy": strategy, "data_url": data, "symbols": symbols,
                                    "start": start.date(), "end": end.date(),
                                    "params": parse_params(param or []), "config": config})
     except SpecError as e:
         raise fail(str(e)) from None
-    check_symbols(data, list(spec.symbols), spec.start, spec.end, allow_missing)
+    check_symbols(data, list(spec.symbols), spec.start, spec.end, allow_missing,
+                  spec.kinds())
     bar = None if quiet or as_json else progress_bar()
     task = None
 

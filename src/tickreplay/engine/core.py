@@ -87,6 +87,13 @@ class EngineResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def data_kinds(events: Sequence[str], fill_model: str) -> tuple[str, ...]:
+    """What a run's data stream must carry: the strategy's event kinds, and quotes to fill
+    against under the quote model (in ``EVENT_KINDS`` order)."""
+    return tuple(k for k in EVENT_KINDS
+                 if k in events or (k == "quotes" and fill_model == "quote"))
+
+
 class Engine:
     """One backtest's state machine: ``start()``, ``feed(chunk)`` repeatedly, ``finish()``."""
 
@@ -129,9 +136,7 @@ class Engine:
         if "trades" not in events and not self._quote_model:
             raise StrategyError("a run without trades fills nothing under the trade fill "
                                 "model: use fill_model='quote' (--fill-model quote)")
-        # What the data stream must carry: the strategy's events, and quotes to fill against.
-        self.kinds = tuple(k for k in EVENT_KINDS
-                           if k in events or (k == "quotes" and self._quote_model))
+        self.kinds = data_kinds(events, config.fill_model)
         self._wants = events
         self._quote = Quote()
         self.quotes: list[tuple[float, float, float, float] | None] = [None] * n

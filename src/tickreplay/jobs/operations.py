@@ -73,6 +73,10 @@ def prepare(spec: BacktestSpec, job_id: str | None = None,
     strategy, _ = load_strategy(bundle, spec.params)  # bad params fail here, not on a worker
     spec_json = spec.model_dump(mode="json")
     spec_json["params"] = strategy.params.model_dump(mode="json")
+    if spec.events is None:  # plan exactly the kinds the strategy (and fill model) read
+        from tickreplay.engine.core import data_kinds
+
+        spec_json["events"] = list(data_kinds(strategy.events, spec.config.fill_model))
     _check_job_id(job_id)
     return JobInput(job_id or new_job_id(), spec_json, _bundle_dict(bundle), options or JobOptions())
 

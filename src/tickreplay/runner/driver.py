@@ -21,9 +21,9 @@ from tickreplay.data.cache import PartitionCache
 from tickreplay.data.catalog import DataPlan, Partition, plan_data
 from tickreplay.data.errors import DataError
 from tickreplay.data.objectstore import ObjectStore, open_store
-from tickreplay.data.stream import check_partition, open_tick_stream
+from tickreplay.data.stream import check_partition, open_event_stream, open_tick_stream
 from tickreplay.engine.config import RunConfig
-from tickreplay.engine.core import ENGINE_VERSION, Engine, EngineResult
+from tickreplay.engine.core import ENGINE_VERSION, Engine, EngineResult, data_kinds
 from tickreplay.results import ResultSet
 from tickreplay.results.metrics import compute
 from tickreplay.runner import protocol
@@ -189,9 +189,15 @@ def simulate(
     # what the strategy declares (plus price, which fills need).
     base = ["price"] if engine.vectorized else ["price", "size"]
     columns = [*base, *(c for c in strategy.columns if c not in (*base, "ts", "symbol"))]
-    stream = prefetch(open_tick_stream(plan, columns, resolve,
-                                       batch_size=VECTOR_BATCH if engine.vectorized else TICK_BATCH,
-                                       offsets=engine.offsets()))
+    batch = VECTOR_BATCH if engine.vectorized else TICK_BATCH
+    if engine.kinds == ("trades",):
+        events = open_tick_stream(plan, columns, resolve, batch_size=batch,
+                                  offsets=engine.offsets())
+    else:
+        _check_kinds(plan, engine.kinds)
+        events = open_event_stream(plan, columns, resolve, batch_size=batch,
+                                   offsets=engine.offsets(), events=engine.kinds)
+    stream = prefetch(events)
     counters = stats if stats is not None else {}
     counters.setdefault("checkpoints", 0)
     counters.setdefault("checkpoint_s", 0.0)
@@ -207,6 +213,19 @@ def simulate(
                       take_checkpoint, ticks_total, checkpoint_every_s)
     finally:
         stream.close()  # stops and joins the prefetch thread at once, also on errors
+
+
+def _check_kinds(plan: DataPlan, kinds: tuple[str, ...]) -> None:
+    """Refuse a run whose plan lacks a kind of data the run reads: under the quote model a
+    plan without quotes would fill nothing and look like a quiet strategy."""
+    have = {p.kind for p in plan.partitions}
+    missing = [k for k in kinds if k not in have]
+    if missing:
+        raise DataError(
+            f"the run reads {' and '.join(kinds)} but its data plan has no {' or '.join(missing)} "
+            f"partitions ({plan.url}, {','.join(plan.symbols)}, {plan.start}..{plan.end}): "
+            "add them (tickreplay data generate --quotes, data ingest --kind quotes) or set the "
+            "spec's events")
 
 
 def _drive(engine: Engine, stream: Iterator[Any], probe: RunProbe | None,
@@ -278,9 +297,12 @@ def run_local(spec: BacktestSpec, settings: Settings, *,
     """``tickreplay run``: plan, cache, simulate in this process, return the ResultSet."""
     started = time.time()
     bundle = bundle_from_spec(spec.strategy)
-    params = validated_params(bundle, spec.params)
+    strategy, _ = load_strategy(bundle, spec.params)
+    params = strategy.params.model_dump(mode="json")
     store = open_store(spec.data_url, settings)
-    plan = plan_data(store, spec.symbols, spec.start, spec.end)
+    kinds = spec.kinds() if spec.events is not None else \
+        data_kinds(strategy.events, spec.config.fill_model)
+    plan = plan_data(store, spec.symbols, spec.start, spec.end, events=kinds)
     cache = PartitionCache(settings.resolved_cache_dir(), settings.cache_max_bytes)
     paths = fetch_plan(plan, store, cache)
     total = count_ticks(paths)
