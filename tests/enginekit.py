@@ -66,3 +66,27 @@ def events(rows: Sequence[tuple]) -> pa.RecordBatch:
             cols[c].append(v)
     types = {"ts": pa.int64(), "sym": pa.int32(), "kind": pa.int8()}
     return pa.record_batch({c: pa.array(v, types.get(c, pa.float64())) for c, v in cols.items()})
+
+
+def random_events(n: int, n_sym: int, seed: int, days: int = 2,
+                  quote_share: float = 0.6) -> pa.RecordBatch:
+    """A merged event stream (trades and quotes with sizes, many equal timestamps) in the
+    stream's total order (ts, sym, quotes before trades, row)."""
+    rng = np.random.default_rng(seed)
+    ts = rng.integers(0, days * DAY, n) // 10**6 * 10**6
+    sym = rng.integers(0, n_sym, n).astype(np.int32)
+    kind = (rng.random(n) >= quote_share).astype(np.int8)  # 0 quote, 1 trade
+    order = np.lexsort((np.arange(n), kind, sym, ts))
+    ts, sym, kind = ts[order], sym[order], kind[order]
+    mid = np.round(100 * np.exp(np.cumsum(rng.normal(0, 3e-4, n))), 2)
+    half = np.round(rng.uniform(0.01, 0.05, n), 2)
+    trade = kind == 1
+    nan = np.full(n, np.nan)
+    return pa.record_batch({
+        "ts": ts, "sym": sym, "kind": kind,
+        "price": np.where(trade, np.round(mid + rng.choice([-1, 1], n) * half, 2), nan),
+        "size": np.where(trade, rng.integers(1, 60, n).astype(float), nan),
+        "q_bid": np.where(trade, nan, mid - half), "q_ask": np.where(trade, nan, mid + half),
+        "q_bid_size": np.where(trade, nan, rng.integers(1, 40, n).astype(float)),
+        "q_ask_size": np.where(trade, nan, rng.integers(1, 40, n).astype(float)),
+    })

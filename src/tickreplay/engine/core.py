@@ -499,9 +499,12 @@ class Engine:
             return 0.0
         if amount <= 0.0:
             return 0.0
-        done = amount == rem
-        qty = o.qty - o.filled if done else (amount if o.qty > 0.0 else -amount)
-        o.filled = o.qty if done else o.filled + qty
+        if amount == rem:  # the exact remainder, whatever rounding the parts had
+            qty, o.filled = o.qty - o.filled, o.qty
+        else:
+            qty = amount if o.qty > 0.0 else -amount
+            o.filled += qty
+        done = o.filled == o.qty  # (a part can round the sum onto the total)
         link = self._brackets.get(o.parent or o.id)
         if link is not None:  # [take-profit id, stop-loss id, entry, tp, sl filled]
             link[2 if not o.parent else 3 if o.id == link[0] else 4] = o.filled
@@ -735,6 +738,7 @@ class Engine:
             "quotes": self.quotes,
             "consumed_quotes": self.consumed_quotes,
             "brackets": self._brackets,
+            "books": self._vector.books,
         })
 
     @classmethod
@@ -763,6 +767,7 @@ class Engine:
         eng.quotes = state["quotes"]
         eng.consumed_quotes = state["consumed_quotes"]
         eng._brackets = state["brackets"]
+        eng._vector.books = state["books"]
         return eng
 
 
