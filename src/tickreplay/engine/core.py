@@ -262,10 +262,13 @@ class Engine:
         o = self._open.get(order_id)
         if o is None or o.cancel_at is not None:
             return False
+        if qty is not None and o.parent:
+            raise StrategyError(f"order {order_id} is a bracket child: its quantity follows "
+                                "its entry's fills (modify the entry, or its prices)")
         if qty is not None and (not isinstance(qty, (int, float)) or not math.isfinite(qty)
-                                or qty == 0 or (qty > 0) != (o.qty > 0) and not o.parent):
+                                or qty == 0 or (qty > 0) != (o.qty > 0)):
             raise StrategyError(f"modify qty must be a finite non-zero number on the order's "
-                                f"side, got {qty!r}")
+                                f"side ({o.qty:g}), got {qty!r}")
         for name, px in (("limit", limit), ("stop", stop)):
             if px is not None and not _positive(px):
                 raise StrategyError(f"modify {name} must be a positive price, got {px!r}")
