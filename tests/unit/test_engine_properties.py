@@ -235,3 +235,20 @@ def test_log_fields_must_be_json_values_and_fail_at_the_call() -> None:
 
     with pytest.raises(StrategyError, match="log\\('bad'\\) fields must be JSON values"):
         run(Logger(), ("A",), [random_stream(10, 1, seed=1)])
+
+
+def test_an_older_engines_open_orders_are_refused_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint whose open orders have fewer fields (engine 1.0 wrote ten) fails the
+    restore with a CheckpointError, not a bare ValueError from unpickling."""
+    from tickreplay.engine.orders import Order
+
+    eng = Engine(load_strategy(str(EXAMPLES / "sma_cross.py"))[0], ("A",), RunConfig())
+    eng.start()
+    eng.feed(random_stream(3, 1, seed=1))
+    eng._pending[0].append(Order(99, 0, 1.0, "limit", 1.0, None, "gtc", 0, 0, -1))
+    real = Order.__getstate__
+    monkeypatch.setattr(Order, "__getstate__", lambda self: real(self)[:10])
+    blob = eng.checkpoint()
+    monkeypatch.setattr(Order, "__getstate__", real)
+    with pytest.raises(CheckpointError, match="cannot be read by engine 2.0"):
+        Engine.restore(blob, load_strategy(str(EXAMPLES / "sma_cross.py"))[0])

@@ -66,7 +66,11 @@ def decode(data: bytes, engine_version: str, strategy: Strategy) -> dict[str, An
     digest, payload = data[_HEAD + 2:_HEAD + 34], data[_HEAD + 34:]
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError("checkpoint checksum mismatch (corrupt or truncated)")
-    state: dict[str, Any] = pickle.loads(payload)
+    try:
+        state: dict[str, Any] = pickle.loads(payload)
+    except Exception as e:  # an older engine's objects (open orders) no longer fit
+        raise CheckpointError(f"checkpoint cannot be read by engine {engine_version} (written "
+                              f"by another engine version?): {type(e).__name__}: {e}") from e
     if state["engine_version"] != engine_version:
         raise CheckpointError(
             f"checkpoint from engine {state['engine_version']}, this is {engine_version}"
