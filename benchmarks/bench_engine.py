@@ -70,7 +70,8 @@ def baseline() -> Path | None:
     tree = DATA / f"baseline-{BASELINE}"
     if not (tree / "src").is_dir():
         made = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f",
-                               str(tree), BASELINE], capture_output=True, text=True)
+                               str(tree), BASELINE], check=False, capture_output=True,
+                              text=True)
         if made.returncode != 0:
             print(f"no baseline: {made.stderr.strip()}", file=sys.stderr)
             return None
