@@ -71,7 +71,8 @@ _BY_HTTP = {
 }
 # SubmitBacktestRequest fields that are `optional` in the proto: unset -> the REST default.
 _OPTIONAL = ("latency_ms", "slippage_bps", "commission", "initial_cash", "seed", "mode",
-             "job_id", "checkpoint_every_s", "stall_timeout_s", "deadline_s", "strategy_image")
+             "job_id", "checkpoint_every_s", "stall_timeout_s", "deadline_s", "strategy_image",
+             "fill_model", "max_participation")
 # Required string fields: "" (proto3's unset) is left out so the error says "Field required".
 _REQUIRED = ("strategy", "start_date", "end_date")
 _MAX_SAFE_INT = 2**53
@@ -128,7 +129,10 @@ def job_request(msg: pb.SubmitBacktestRequest) -> tuple[JobRequest, str | None]:
         InvalidRequest: the idempotency key is empty or too long.
     """
     body: dict[str, Any] = {"symbols": list(msg.symbols), "params": struct_to_dict(msg.params),
-                            "allow_missing": msg.allow_missing}
+                            "allow_missing": msg.allow_missing,
+                            "cancel_latency": msg.cancel_latency}
+    if msg.events:
+        body["events"] = list(msg.events)
     body.update({name: getattr(msg, name) for name in _REQUIRED if getattr(msg, name)})
     body.update({name: getattr(msg, name) for name in _OPTIONAL if msg.HasField(name)})
     key = msg.idempotency_key if msg.HasField("idempotency_key") else None

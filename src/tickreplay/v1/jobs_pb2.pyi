@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SubmitBacktestRequest(_message.Message):
-    __slots__ = ("strategy", "symbols", "start_date", "end_date", "params", "latency_ms", "slippage_bps", "commission", "initial_cash", "seed", "mode", "job_id", "checkpoint_every_s", "allow_missing", "idempotency_key", "stall_timeout_s", "deadline_s", "strategy_image")
+    __slots__ = ("strategy", "symbols", "start_date", "end_date", "params", "latency_ms", "slippage_bps", "commission", "initial_cash", "seed", "mode", "job_id", "checkpoint_every_s", "allow_missing", "idempotency_key", "stall_timeout_s", "deadline_s", "strategy_image", "fill_model", "max_participation", "cancel_latency", "events")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     SYMBOLS_FIELD_NUMBER: _ClassVar[int]
     START_DATE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,10 @@ class SubmitBacktestRequest(_message.Message):
     STALL_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FILL_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARTICIPATION_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     symbols: _containers.RepeatedScalarFieldContainer[str]
     start_date: str
@@ -48,7 +52,11 @@ class SubmitBacktestRequest(_message.Message):
     stall_timeout_s: float
     deadline_s: float
     strategy_image: str
-    def __init__(self, strategy: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., latency_ms: _Optional[float] = ..., slippage_bps: _Optional[float] = ..., commission: _Optional[str] = ..., initial_cash: _Optional[float] = ..., seed: _Optional[int] = ..., mode: _Optional[str] = ..., job_id: _Optional[str] = ..., checkpoint_every_s: _Optional[float] = ..., allow_missing: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., stall_timeout_s: _Optional[float] = ..., deadline_s: _Optional[float] = ..., strategy_image: _Optional[str] = ...) -> None: ...
+    fill_model: str
+    max_participation: float
+    cancel_latency: bool
+    events: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, strategy: _Optional[str] = ..., symbols: _Optional[_Iterable[str]] = ..., start_date: _Optional[str] = ..., end_date: _Optional[str] = ..., params: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., latency_ms: _Optional[float] = ..., slippage_bps: _Optional[float] = ..., commission: _Optional[str] = ..., initial_cash: _Optional[float] = ..., seed: _Optional[int] = ..., mode: _Optional[str] = ..., job_id: _Optional[str] = ..., checkpoint_every_s: _Optional[float] = ..., allow_missing: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., stall_timeout_s: _Optional[float] = ..., deadline_s: _Optional[float] = ..., strategy_image: _Optional[str] = ..., fill_model: _Optional[str] = ..., max_participation: _Optional[float] = ..., cancel_latency: _Optional[bool] = ..., events: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SubmitBacktestResponse(_message.Message):
     __slots__ = ("job_id", "status", "created")
