@@ -90,3 +90,29 @@ def random_events(n: int, n_sym: int, seed: int, days: int = 2,
         "q_bid_size": np.where(trade, nan, rng.integers(1, 40, n).astype(float)),
         "q_ask_size": np.where(trade, nan, rng.integers(1, 40, n).astype(float)),
     })
+
+
+def independent_equity(stream: pa.RecordBatch, result: EngineResult, symbols: Sequence[str],
+                       cash0: float, mark: np.ndarray | None = None) -> list[float]:
+    """End-of-day equity rebuilt from the raw events and the trade list, without the engine:
+    cash from the fills, positions marked at each symbol's latest event (``mark`` per row;
+    default the trade price)."""
+    import math
+
+    ts, sym = stream["ts"].to_numpy(), stream["sym"].to_numpy()
+    px = stream["price"].to_numpy() if mark is None else mark
+    tr = result.trades.to_pydict()
+    out = []
+    for day in sorted(set((ts // DAY).tolist())):
+        end = (day + 1) * DAY
+        cash = cash0 - math.fsum(q * p + f for t, q, p, f in
+                                 zip(tr["ts"], tr["qty"], tr["price"], tr["fee"]) if t < end)
+        value = 0.0
+        for s, name in enumerate(symbols):
+            pos = math.fsum(q for t, q, n in zip(tr["ts"], tr["qty"], tr["symbol"])
+                            if t < end and n == name)
+            seen = np.flatnonzero((sym == s) & (ts < end))
+            if len(seen):
+                value += pos * px[seen[-1]]
+        out.append(cash + value)
+    return out

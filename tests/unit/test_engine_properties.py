@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from enginekit import DAY, random_stream, run, split
+from enginekit import independent_equity, random_stream, run, split
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -55,28 +53,6 @@ class RandomTrader(Strategy):
         self.filled.append((fill.order_id, self.k + 1, fill.ts))
 
 
-def _independent_equity(stream: pa.RecordBatch, result, symbols, cash0: float) -> list[float]:
-    """Rebuild the end-of-day equity from raw ticks and the trade list, without the engine."""
-    ts = stream["ts"].to_numpy()
-    sym = stream["sym"].to_numpy()
-    px = stream["price"].to_numpy()
-    tr = result.trades.to_pydict()
-    out = []
-    for day in sorted(set((ts // DAY).tolist())):
-        end = (day + 1) * DAY
-        cash = cash0 - math.fsum(q * p + f for t, q, p, f in
-                                 zip(tr["ts"], tr["qty"], tr["price"], tr["fee"]) if t < end)
-        value = 0.0
-        for s, name in enumerate(symbols):
-            pos = math.fsum(q for t, q, n in zip(tr["ts"], tr["qty"], tr["symbol"])
-                            if t < end and n == name)
-            seen = np.flatnonzero((sym == s) & (ts < end))
-            if len(seen):
-                value += pos * px[seen[-1]]
-        out.append(cash + value)
-    return out
-
-
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_sym=st.integers(1, 3), latency=st.integers(0, 10**9),
        chunk_size=st.integers(1, 700))
@@ -88,7 +64,7 @@ def test_equity_is_cash_plus_marked_positions_and_no_fill_precedes_its_order(
     cfg = RunConfig(latency_ns=latency, slippage_bps=3, seed=seed,
                     commission=Commission(per_share=0.005, minimum=0.5))
     r = run(s, symbols, split(stream, chunk_size), cfg)
-    expected = _independent_equity(stream, r, symbols, cfg.initial_cash)
+    expected = independent_equity(stream, r, symbols, cfg.initial_cash)
     assert r.equity["equity"].to_pylist() == pytest.approx(expected, rel=0, abs=1e-6)
     for oid, k_fill, t_fill in s.filled:
         k_sub, t_sub = s.submitted[oid]

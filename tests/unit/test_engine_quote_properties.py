@@ -10,9 +10,8 @@ import math
 from collections import defaultdict
 
 import numpy as np
-import pyarrow as pa
 import pytest
-from enginekit import DAY, random_events, run, split
+from enginekit import independent_equity, random_events, run, split
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,30 +83,6 @@ class QuoteTrader(Strategy):
         self.fills.append((fill.order_id, self.k + 1, fill.ts, fill.qty))
 
 
-def _marks_equity(stream: pa.RecordBatch, result, symbols, cash0: float) -> list[float]:
-    """End-of-day equity rebuilt from the raw events and the trade list, without the engine:
-    cash from the fills, positions marked at each symbol's latest event (trade price, or the
-    quote's mid)."""
-    ts, sym, kind = (stream[c].to_numpy() for c in ("ts", "sym", "kind"))
-    mark = np.where(kind == 1, stream["price"].to_numpy(),
-                    (stream["q_bid"].to_numpy() + stream["q_ask"].to_numpy()) * 0.5)
-    tr = result.trades.to_pydict()
-    out = []
-    for day in sorted(set((ts // DAY).tolist())):
-        end = (day + 1) * DAY
-        cash = cash0 - math.fsum(q * p + f for t, q, p, f in
-                                 zip(tr["ts"], tr["qty"], tr["price"], tr["fee"]) if t < end)
-        value = 0.0
-        for s, name in enumerate(symbols):
-            pos = math.fsum(q for t, q, n in zip(tr["ts"], tr["qty"], tr["symbol"])
-                            if t < end and n == name)
-            seen = np.flatnonzero((sym == s) & (ts < end))
-            if len(seen):
-                value += pos * mark[seen[-1]]
-        out.append(cash + value)
-    return out
-
-
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n_sym=st.integers(1, 3), latency=st.integers(0, 10**9),
        chunk_size=st.integers(1, 500), quote_model=st.booleans(),
@@ -123,7 +98,10 @@ def test_no_early_fill_no_overfill_and_the_equity_identity(
                     cancel_latency=cancel_latency,
                     commission=Commission(per_share=0.005, minimum=0.5))
     r = run(s, symbols, split(stream, chunk_size), cfg)
-    expected = _marks_equity(stream, r, symbols, cfg.initial_cash)
+    kind = stream["kind"].to_numpy()
+    mark = np.where(kind == 1, stream["price"].to_numpy(),  # marks: trade price or quote mid
+                    (stream["q_bid"].to_numpy() + stream["q_ask"].to_numpy()) * 0.5)
+    expected = independent_equity(stream, r, symbols, cfg.initial_cash, mark)
     assert r.equity["equity"].to_pylist() == pytest.approx(expected, rel=0, abs=1e-6)
     # No fill before eligibility: a later event than the submitting one, after the latency.
     for oid, k_fill, t_fill, _ in s.fills:
@@ -137,7 +115,7 @@ def test_no_early_fill_no_overfill_and_the_equity_identity(
         assert total <= s.submitted[oid][2] + 1e-9
     # Never more than the event's available size: per event and side (one pool per trade
     # under the trade model).
-    size, kind = stream["size"].to_numpy(), stream["kind"].to_numpy()
+    size = stream["size"].to_numpy()
     asks, bids = stream["q_ask_size"].to_numpy(), stream["q_bid_size"].to_numpy()
     taken: dict[tuple[int, int], float] = defaultdict(float)
     for _, k_fill, _, qty in s.fills:

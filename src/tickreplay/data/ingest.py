@@ -88,17 +88,7 @@ def ingest(
     if unknown:
         raise IngestError(f"extra column target(s) {unknown} are not optional tick columns")
     wanted = {"ts": ts_col, "price": price_col, "size": size_col, **extra}
-    table = _read(source, ts_col)
-    missing = [
-        f"{src!r} (for {dst})" for dst, src in wanted.items() if src not in table.column_names
-    ]
-    if missing:
-        raise IngestError(
-            f"{source.name}: column(s) {', '.join(missing)} not found; "
-            f"available columns: {table.column_names}"
-        )
-    if table.num_rows == 0:
-        raise IngestError(f"{source.name}: no data rows")
+    table = _read_columns(source, ts_col, wanted)
     where = source.name
     for dst in ("ts", "price", "size"):
         _reject_nulls(table.column(wanted[dst]), where, wanted[dst])
@@ -163,17 +153,7 @@ def ingest_quotes(
         wanted["bid_size"] = bid_size_col
     if ask_size_col is not None:
         wanted["ask_size"] = ask_size_col
-    table = _read(source, ts_col)
-    missing = [
-        f"{src!r} (for {dst})" for dst, src in wanted.items() if src not in table.column_names
-    ]
-    if missing:
-        raise IngestError(
-            f"{source.name}: column(s) {', '.join(missing)} not found; "
-            f"available columns: {table.column_names}"
-        )
-    if table.num_rows == 0:
-        raise IngestError(f"{source.name}: no data rows")
+    table = _read_columns(source, ts_col, wanted)
     where = source.name
     for dst in ("ts", "bid", "ask"):
         _reject_nulls(table.column(wanted[dst]), where, wanted[dst])
@@ -201,6 +181,23 @@ def ingest_quotes(
         arrays[dst] = pa.array(values, mask=null)
     out = pa.Table.from_arrays(list(arrays.values()), schema=quote_schema(list(arrays)))
     return _write_partitions(out, ts, symbol, store, where, ts_col, kind="quotes")
+
+
+def _read_columns(source: Path, ts_col: str, wanted: dict[str, str]) -> pa.Table:
+    """The source file as a table that has every ``wanted`` column and at least one row, or
+    an IngestError naming what is missing (trades and quotes ingest alike)."""
+    table = _read(source, ts_col)
+    missing = [
+        f"{src!r} (for {dst})" for dst, src in wanted.items() if src not in table.column_names
+    ]
+    if missing:
+        raise IngestError(
+            f"{source.name}: column(s) {', '.join(missing)} not found; "
+            f"available columns: {table.column_names}"
+        )
+    if table.num_rows == 0:
+        raise IngestError(f"{source.name}: no data rows")
+    return table
 
 
 def _read(source: Path, ts_col: str) -> pa.Table:
