@@ -3,6 +3,8 @@ planned data kinds."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -53,3 +55,27 @@ def test_the_spec_plans_its_events_or_what_the_fill_model_needs() -> None:
         ("quotes",)
     with pytest.raises(Exception, match="events"):
         BacktestSpec.parse({**base, "events": ["bars"]})
+
+
+def test_a_trade_model_run_on_quotes_only_data_says_what_to_do(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tickreplay.data.generate import generate
+    from tickreplay.data.objectstore import open_store
+
+    generate(open_store(tmp_path / "all"), ["FX"], "2024-01-02", "2024-01-02",
+             ticks_per_day=50, seed=1, quote_partitions=True)
+    quotes = tmp_path / "all" / "quotes"
+    (tmp_path / "fx").mkdir()
+    quotes.rename(tmp_path / "fx" / "quotes")  # a catalog with quotes and no trades
+    example = Path(__file__).resolve().parents[2] / "examples" / "quote_bracket.py"
+    argv = [sys.executable, "-m", "tickreplay.cli", "run", str(example),
+            "--data", str(tmp_path / "fx"), "--symbols", "FX", "--start", "2024-01-02",
+            "--end", "2024-01-02", "--out", str(tmp_path / "out"), "--quiet"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert out.returncode != 0
+    assert "FX: quotes only there; a run over quotes needs --fill-model quote" in out.stderr
+    ok = subprocess.run([*argv, "--fill-model", "quote"], capture_output=True, text=True,
+                        check=False)
+    assert ok.returncode == 0, ok.stderr

@@ -63,15 +63,20 @@ def check_symbols(data_url: str, symbols: list[str], start: dt.date, end: dt.dat
     from tickreplay.data.objectstore import open_store
 
     try:
-        missing = missing_symbols(open_store(data_url, load_settings()), symbols, start, end,
-                                  events=events)
+        store = open_store(data_url, load_settings())
+        missing = missing_symbols(store, symbols, start, end, events=events)
+        quoted = [] if not missing or "quotes" in events else sorted(
+            set(missing) - set(missing_symbols(store, missing, start, end, events=("quotes",))))
     except Exception as e:  # noqa: BLE001 - any storage failure: report it on one line
         raise fail(f"cannot list the catalog {data_url}: {type(e).__name__}: {e}", 1) from None
     if not missing:
         return
     span = f"between {start.isoformat()} and {end.isoformat()}"
+    hint = (f" ({','.join(quoted)}: quotes only there; a run over quotes needs "
+            "--fill-model quote)") if quoted else ""
     if len(missing) == len(set(symbols)):
-        raise fail(f"no partitions in {data_url} for symbols {','.join(missing)} {span}", 1)
+        raise fail(f"no partitions in {data_url} for symbols {','.join(missing)} {span}{hint}",
+                   1)
     if allow_missing:
         err.print(f"warning: no data for {','.join(missing)} {span}; running without them",
                   highlight=False, markup=False)
