@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from enginekit import chunk, events, run
+from enginekit import DAY, chunk, events, run
 
 from tickreplay import Strategy
 from tickreplay.engine.config import RunConfig
@@ -269,3 +269,107 @@ def test_marks_follow_the_latest_event_a_quote_marks_at_its_mid() -> None:
     r = run(b, ["A"], [events([("q", 0, 0, 99.0, 100.0), ("q", 1, 0, 99.0, 101.0),
                                ("q", 2, 0, 103.0, 104.0)])], QUOTE)
     assert r.equity["equity"].to_pylist() == [1e6 - 2 * 101.0 + 2 * 103.5]
+
+
+# ------------------------------------------------------------------ review regressions
+def test_an_order_sent_from_a_day_roll_callback_waits_for_a_later_event() -> None:
+    class Roller(Bot):
+        def on_order(self, event) -> None:
+            super().on_order(event)
+            if event.status == "expired":
+                self.ids.append(self.order("A", 5))
+
+    b = Roller({0: [order("A", 1, type="limit", limit=50.0, tif="day")]}, ("trades",))
+    r = run(b, ["A"], [chunk([(10, 0, 100.0), (DAY + 5, 0, 101.0), (DAY + 9, 0, 102.0)])],
+            RunConfig(latency_ns=1))
+    assert b.fills == [(2, DAY + 9, 5.0, 102.0, "taker")]
+    assert r.trades["submit_ts"].to_pylist() == [DAY + 5]  # stamped with the new day's event
+
+
+class DayLogger(Strategy):
+    """Two DAY orders (B first, then A); each expiry is logged and answered with an order."""
+
+    def on_start(self) -> None:
+        self.n = 0
+
+    def on_tick(self, tick) -> None:
+        if self.n < 2:
+            self.order(("B", "A")[self.n], 1, type="limit", limit=1.0, tif="day")
+        self.n += 1
+
+    def on_order(self, event) -> None:
+        if event.status == "expired":
+            self.log("expired", order=event.order_id)
+            self.order(event.symbol, 1)
+
+
+def test_lifecycle_callbacks_keep_their_order_across_a_resume() -> None:
+    from tickreplay.engine.core import Engine
+
+    rows = chunk([(1, 1, 100.0), (2, 0, 100.0), (DAY + 1, 0, 100.0), (DAY + 2, 1, 100.0),
+                  (DAY + 3, 0, 100.0), (DAY + 4, 1, 100.0)])
+    full = run(DayLogger(), ["A", "B"], [rows])
+    eng = Engine(DayLogger(), ("A", "B"), RunConfig())
+    eng.start()
+    eng.feed(rows, limit=2)
+    resumed = Engine.restore(eng.checkpoint(), DayLogger())
+    resumed.feed(rows.slice(2))
+    again = resumed.finish()
+    assert [x["order"] for x in full.logs] == [1, 2]
+    assert again.logs == full.logs and again.trades.equals(full.trades)
+
+
+def test_a_filled_order_cannot_be_cancelled_from_on_fill() -> None:
+    class Canceller(Bot):
+        def on_fill(self, fill) -> None:
+            super().on_fill(fill)
+            self.results = [*getattr(self, "results", []), self.cancel(fill.order_id)]
+
+    b = Canceller({0: [order("A", 5)]}, ("trades",))
+    run(b, ["A"], [chunk([(0, 0, 100.0), (1, 0, 100.0)])])
+    assert b.results == [False] and statuses(b, 1) == ["accepted", "filled"]
+
+
+def test_modifying_a_bracket_childs_price_keeps_it_sized_by_the_entry() -> None:
+    def setup(b: Bot) -> None:
+        b.ids.extend(b.bracket("A", 10, take_profit=110.0, stop_loss=95.0))
+        b.modify(b.ids[2], stop=96.0)
+
+    b = TBot({0: [setup]})
+    r = run(b, ["A"], [chunk([(0, 0, 100.0), (1, 0, 100.0), (2, 0, 99.0), (3, 0, 95.5)])])
+    assert b.fills == [(1, 1, 10.0, 100.0, "taker"), (3, 3, -10.0, 95.5, "taker")]
+    assert r.trades["position"].to_pylist()[-1] == 0.0
+
+
+def test_a_bracket_child_that_caught_up_covers_the_entrys_later_fills() -> None:
+    b = TBot({0: [lambda b: b.ids.extend(b.bracket("A", 10, entry=100.0, take_profit=101.0,
+                                                  stop_loss=95.0))]})
+    r = run(b, ["A"], [chunk([(0, 0, 100.5, 100), (1, 0, 100.0, 8), (2, 0, 101.0, 100),
+                              (3, 0, 99.0, 12), (4, 0, 94.0, 100)])],
+            RunConfig(max_participation=0.5))
+    # entry 4; take-profit 4 (caught up, stays on the book); entry 6 more; the stop covers 6.
+    assert b.fills == [(1, 1, 4.0, 100.0, "maker"), (2, 2, -4.0, 101.0, "maker"),
+                       (1, 3, 6.0, 100.0, "maker"), (3, 4, -6.0, 94.0, "taker")]
+    assert r.trades["position"].to_pylist()[-1] == 0.0 and r.open_orders == 0
+
+
+def test_a_replaced_order_queues_behind_the_others_on_the_event_it_applies() -> None:
+    b = Bot({0: [order("A", -5, type="limit", limit=99.0), order("A", -5, type="limit",
+                                                                 limit=99.0)],
+             2: [lambda b: b.modify(b.ids[0], limit=98.5)]})
+    run(b, ["A"], [events([("q", 0, 0, 98.0, 99.5, 10, 10), ("q", 1, 0, 98.0, 99.5, 10, 10),
+                           ("q", 2, 0, 98.0, 99.5, 10, 10), ("q", 3, 0, 99.0, 99.5, 5, 10)])],
+        QUOTE)
+    assert b.fills == [(2, 3, -5.0, 99.0, "maker")]
+
+
+def test_a_stop_limit_triggered_later_or_a_limit_modified_across_takes_the_touch() -> None:
+    b = Bot({0: [order("A", 1, type="stop_limit", stop=101.0, limit=105.0)]})
+    run(b, ["A"], [events([("q", 0, 0, 99.0, 100.0), ("q", 1, 0, 99.5, 100.5),
+                           ("q", 2, 0, 100.5, 101.5)])], QUOTE)
+    assert b.fills == [(1, 2, 1.0, 101.5, "taker")]
+    b = Bot({0: [order("A", 1, type="limit", limit=95.0)],
+             1: [lambda b: b.modify(b.ids[0], limit=105.0)]})
+    run(b, ["A"], [events([("q", 0, 0, 99.0, 100.0), ("q", 1, 0, 99.0, 100.0),
+                           ("q", 2, 0, 99.0, 100.0)])], QUOTE)
+    assert b.fills == [(1, 2, 1.0, 100.0, "taker")]

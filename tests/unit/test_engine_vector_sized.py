@@ -81,6 +81,7 @@ def test_vectorised_fills_equal_per_tick_fills(case: str, events: tuple[str, ...
         assert vec.trades.num_rows > 50
         assert vec.trades.equals(per_tick.trades), (case, size)
         assert vec.equity.equals(per_tick.equity), (case, size)
+        assert vec.open_orders == per_tick.open_orders, (case, size)
     if case.startswith("quote") or "of" in case:  # orders did fill in parts
         ids = per_tick.trades["order_id"].to_pylist()
         assert len(ids) > len(set(ids))

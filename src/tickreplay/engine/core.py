@@ -144,6 +144,7 @@ class Engine:
         # entry id -> [take-profit id, stop-loss id, entry filled, tp filled, sl filled]
         self._brackets: dict[int, list[float]] = {}
         self._fresh: set[int] = set()  # bracket children activated during the current event
+        self._amends = 0  # open orders with a cancel or modify on its way to the venue
         self._vector = VectorPath(self)
         strategy._context = self
         strategy.rng = np.random.default_rng(config.seed)
@@ -251,6 +252,7 @@ class Engine:
             return False
         if self.config.cancel_latency:
             o.cancel_at = self._tick.ts + self.config.latency_ns
+            self._amends += 1
         else:
             self._close(o, CANCELLED, "cancelled by the strategy")
         return True
@@ -273,10 +275,12 @@ class Engine:
             if px is not None and not _positive(px):
                 raise StrategyError(f"modify {name} must be a positive price, got {px!r}")
         at = self._tick.ts + self.config.latency_ns
-        o.change = (at, o.qty if qty is None else float(qty),
-                    o.limit if limit is None else float(limit),
-                    o.stop if stop is None else float(stop))
+        # Fields not given keep the order's values as they are when the change applies (a
+        # bracket child's quantity follows its entry meanwhile).
+        o.change = (at, None if qty is None else float(qty),
+                    None if limit is None else float(limit), None if stop is None else float(stop))
         o.suspended = not self.config.cancel_latency
+        self._amends += 1
         return True
 
     def orders(self) -> list[OrderView]:
@@ -366,7 +370,8 @@ class Engine:
             self._day = None
         self._guard(self.strategy.on_stop, "on_stop")
         return EngineResult(self._trades.table(self.symbols), self._equity.table(), self._logs,
-                            self.ticks_done, self.exposure_days, len(self._open))
+                            self.ticks_done, self.exposure_days,
+                            len(self._open) + self._vector.open_orders())
 
     def offsets(self) -> dict[str, int]:
         """Stream position: rows consumed per stream (what a resumed stream skips): a
@@ -437,42 +442,59 @@ class Engine:
                                               reason, o.filled, o.remaining, qty, price))
 
     def _close(self, o: Order, status: str, reason: str = "") -> None:
-        """Take an order off the book (filled, cancelled, expired) and say so."""
+        """Take an order off the book (filled, cancelled, expired) and say so (a fill's own
+        events are sent by :meth:`_take`)."""
         if self._open.pop(o.id, None) is None:
             return
         self._pending[o.sym].remove(o)
         if status != FILLED:
             self._notify(o, status, reason)
-        children = self._brackets.get(o.id)
-        if children is not None and o.filled == 0.0:  # an entry that never filled
+        link = self._brackets.get(o.id)
+        if link is None:
+            return
+        if o.filled == 0.0:  # an entry that never filled takes its children with it
             del self._brackets[o.id]
-            for cid in map(int, children[:2]):
+            for cid in map(int, link[:2]):
                 if cid in self._open:
                     self._close(self._open[cid], CANCELLED, f"bracket entry {o.id} {status}")
+        else:  # the entry is done: its children now cover exactly what it filled
+            self._sync_bracket(o.id, self._tick.ts)
+
+    def _amend(self, s: int, t: int) -> set[int]:
+        """Apply the cancels and modifies of symbol ``s`` that have reached the venue by ``t``,
+        before the book is tried (a replaced order queues behind the others on this very
+        event); the ids whose replacement applied now (they are tried as new arrivals)."""
+        replaced: set[int] = set()
+        book = self._pending[s]
+        for o in tuple(book):
+            if o.cancel_at is not None and t >= o.cancel_at:
+                self._close(o, CANCELLED, "cancelled by the strategy")
+            elif o.change is not None and t >= o.change[0]:
+                at, qty, limit, stop = o.change
+                o.change, o.suspended = None, False
+                o.qty = o.qty if qty is None else qty
+                o.limit = o.limit if limit is None else limit
+                o.stop = o.stop if stop is None else stop
+                o.eligible_ts = at
+                book.remove(o)
+                book.append(o)
+                if o.active and abs(o.qty) <= abs(o.filled) and not o.parent:
+                    self._close(o, CANCELLED, f"modified to {o.qty:g}, at or below its filled "
+                                f"{o.filled:g}")
+                    continue
+                replaced.add(o.id)
+                if o.seen:  # (one not yet at the venue just arrives in its new form)
+                    self._notify(o, MODIFIED)
+        self._amends = sum(1 for o in self._open.values()
+                           if o.cancel_at is not None or o.change is not None)
+        return replaced
 
     def _live(self, o: Order, t: int, arrive: bool = True) -> int:
-        """Apply what is due on ``o`` at event time ``t`` (a cancel or modify arriving, GTD
-        expiry, its arrival at the venue); whether it can be tried on this event and how.
-        ``arrive=False``: this event cannot be the order's arrival (a trade under the quote
-        model, where orders arrive on quotes): a not yet accepted order is skipped."""
-        if o.id not in self._open:
-            return _SKIP
-        if o.cancel_at is not None and t >= o.cancel_at:
-            self._close(o, CANCELLED, "cancelled by the strategy")
-            return _SKIP
-        if o.change is not None and t >= o.change[0]:
-            at, qty, limit, stop = o.change
-            o.change, o.suspended = None, False
-            o.qty, o.limit, o.stop, o.eligible_ts = qty, limit, stop, at
-            book = self._pending[o.sym]
-            book.remove(o)
-            book.append(o)  # a replaced order queues behind the others
-            if abs(o.qty) <= abs(o.filled):
-                self._close(o, CANCELLED, f"modified to {qty:g}, at or below its filled "
-                            f"{o.filled:g}")
-                return _SKIP
-            self._notify(o, MODIFIED)
-        if o.suspended or not o.active or t < o.eligible_ts:
+        """Whether ``o`` can be tried on the event at ``t`` and how (expiring a GTD order,
+        accepting one on its arrival at the venue). ``arrive=False``: this event cannot be the
+        order's arrival (a trade under the quote model, where orders arrive on quotes): an
+        order not yet accepted is skipped."""
+        if o.id not in self._open or o.suspended or not o.active or t < o.eligible_ts:
             return _SKIP
         if o.expire_ts is not None and t >= o.expire_ts:
             self._close(o, EXPIRED, f"gtd: expired at {o.expire_ts}")
@@ -487,7 +509,13 @@ class Engine:
 
     def _take(self, o: Order, s: int, t: int, avail: float, px: float, liq: str) -> float:
         """Fill as much of ``o`` as ``avail`` allows (FOK: all or none; reduce-only: never past
-        flat); returns the quantity filled (unsigned)."""
+        flat); returns the quantity filled (unsigned).
+
+        Order of effects: the fill is applied to the portfolio, a completed order leaves the
+        book, ``on_order`` hears partially_filled/filled, ``on_fill`` gets the fill, then the
+        order's OCO group and bracket react. A strategy call from those callbacks sees the
+        order as it now is (a filled order can no longer be cancelled).
+        """
         rem = abs(o.qty - o.filled)
         amount = min(rem, avail)
         if o.reduce_only:
@@ -508,29 +536,38 @@ class Engine:
             qty = amount if o.qty > 0.0 else -amount
             o.filled += qty
         done = o.filled == o.qty  # (a part can round the sum onto the total)
-        link = self._brackets.get(o.parent or o.id)
+        eid = o.parent or o.id
+        link = self._brackets.get(eid)
         if link is not None:  # [take-profit id, stop-loss id, entry, tp, sl filled]
             link[2 if not o.parent else 3 if o.id == link[0] else 4] = o.filled
-        self._fill(o.id, o.submit_ts, s, t, qty, px, LIQUIDITY.index(liq))
-        if done:
+        # A bracket child that caught up with a still working entry stays on the book with
+        # nothing left: the entry's next fill gives it more.
+        closes = done and not (o.parent and o.parent in self._open)
+        code = LIQUIDITY.index(liq)
+        (fee,) = self._record((o.id,), (o.submit_ts,), (s,), (t,), (qty,), (px,), (code,))
+        if closes:
             self._close(o, FILLED)
-        self._notify(o, FILLED if done else PARTIALLY_FILLED, "", qty, px)
+        self._notify(o, FILLED if closes else PARTIALLY_FILLED, "", qty, px)
+        if self._has_on_fill:
+            self.strategy.on_fill(Fill(o.id, t, self.symbols[s], qty, px, fee, liq))
         if o.oco is not None:
             for other in tuple(self._open.values()):
                 if other.oco == o.oco and other is not o:
                     self._close(other, CANCELLED, f"oco: order {o.id} of group {o.oco!r} filled")
-        if link is not None:
-            self._sync_bracket(o.parent or o.id, t)
+        if eid in self._brackets:
+            self._sync_bracket(eid, t)
         if o.reduce_only and o.id in self._open and self.portfolio.pos[s] == 0.0:
             self._close(o, CANCELLED, "reduce-only: the position is closed")
         return amount
 
     def _sync_bracket(self, eid: int, t: int) -> None:
         """Size a bracket's children to what its entry filled less what the other child
-        filled; activate them at the entry's first fill (tried from the next event on); a
-        child left with nothing to do is cancelled."""
+        filled, and activate them at the entry's first fill (tried from the next event on).
+        Once the entry is done, a child with nothing left leaves the book: filled if it filled
+        its part, cancelled if the other child closed the position."""
         link = self._brackets[eid]
         ids, entry_filled, done = (int(link[0]), int(link[1])), link[2], link[3:]
+        entry_open = eid in self._open
         for i, cid in enumerate(ids):
             k = self._open.get(cid)
             if k is None:
@@ -539,24 +576,33 @@ class Engine:
             if not k.active and entry_filled != 0.0:
                 k.active, k.eligible_ts = True, max(k.eligible_ts, t)
                 self._fresh.add(cid)
-            if k.active and abs(k.qty) <= abs(k.filled):
-                self._close(k, CANCELLED, "bracket: the other child closed the position")
-        if eid not in self._open and not any(c in self._open for c in ids):
-            del self._brackets[eid]
+            if not entry_open and abs(k.qty) <= abs(k.filled):
+                if k.filled != 0.0 and k.filled == k.qty:
+                    self._close(k, FILLED)
+                    self._notify(k, FILLED)
+                else:
+                    self._close(k, CANCELLED, "bracket: the other child closed the position")
+        if not entry_open and not any(c in self._open for c in ids):
+            self._brackets.pop(eid, None)
 
-    def _match(self, s: int, t: int, p: float, q: float) -> None:
+    def _match(self, s: int, t: int, p: float, q: float, fence: int | None = None) -> None:
         """Try every open order of symbol ``s`` (in queue order) against trade (t, p, q).
 
         Trade model: markets and triggered stops fill at the (slipped) trade price, limits at
         their limit when the trade reaches it. Quote model: only a resting limit fills here,
-        when the trade prints through it.
+        when the trade prints through it. ``fence``: orders from this id on were submitted
+        while this event was being processed (a day roll's callbacks): not tried on it.
         """
         part = self.config.max_participation
         quote_model = self._quote_model
         left = q * part if part is not None else q if quote_model else math.inf
         self._fresh = set()
+        if self._amends:
+            self._amend(s, t)
         for o in tuple(self._pending[s]):
-            how = _SKIP if o.id in self._fresh else self._live(o, t, not quote_model)
+            if o.id in self._fresh or (fence is not None and o.id >= fence):
+                continue
+            how = self._live(o, t, not quote_model)
             if how == _SKIP:
                 continue
             buy = o.qty > 0.0
@@ -572,36 +618,45 @@ class Engine:
                 left -= self._take(o, s, t, left, slipped(
                     p, 1.0 if buy else -1.0, self.config.slippage_bps), TAKER)
             if not quote_model and o.tif in (IOC, FOK) and o.id in self._open:
-                self._close(o, CANCELLED, f"{o.tif}: not filled on its first eligible event")
+                self._close(o, CANCELLED, f"{o.tif}: not filled in full on its first eligible "
+                            "event")
 
     def _match_quote(self, s: int, t: int, bid: float, ask: float, bid_size: float,
-                     ask_size: float) -> None:
+                     ask_size: float, fence: int | None = None) -> None:
         """Quote model: try every open order of ``s`` against the quote: markets and triggered
         stops take the touch (slipped) up to its size, limits fill when the touch reaches
-        them (at the touch on arrival, at the limit once resting)."""
+        them: at the touch when they are new to the book on this event (arrived, replaced by
+        a modify, or a stop-limit just triggered: takers), at the limit once resting
+        (makers)."""
         part = self.config.max_participation
         left = [bid_size * part if part is not None else bid_size,
                 ask_size * part if part is not None else ask_size]
         self._fresh = set()
+        replaced = self._amend(s, t) if self._amends else set()
         for o in tuple(self._pending[s]):
-            how = _SKIP if o.id in self._fresh else self._live(o, t)
+            if o.id in self._fresh or (fence is not None and o.id >= fence):
+                continue
+            how = self._live(o, t)
             if how == _SKIP:
                 continue
             buy = o.qty > 0.0
             side = 1 if buy else 0
             touch = ask if buy else bid
-            if o.type in (STOP, STOP_LIMIT) and not self._trigger(
+            new = how == _ARRIVED or o.id in replaced
+            if o.type in (STOP, STOP_LIMIT) and self._trigger(
                     o, (ask >= o.stop) if buy else (bid <= o.stop)):  # type: ignore[operator]
+                new = True  # triggered now: it reaches the book as a new order
+            if o.type in (STOP, STOP_LIMIT) or left[side] <= 0.0:
                 pass
-            elif left[side] > 0.0:
-                if o.type == MARKET:
-                    left[side] -= self._take(o, s, t, left[side], slipped(
-                        touch, 1.0 if buy else -1.0, self.config.slippage_bps), TAKER)
-                elif (touch <= o.limit) if buy else (touch >= o.limit):  # type: ignore[operator]
-                    px, liq = (touch, TAKER) if how == _ARRIVED else (o.limit, MAKER)
-                    left[side] -= self._take(o, s, t, left[side], px, liq)  # type: ignore[arg-type]
+            elif o.type == MARKET:
+                left[side] -= self._take(o, s, t, left[side], slipped(
+                    touch, 1.0 if buy else -1.0, self.config.slippage_bps), TAKER)
+            elif (touch <= o.limit) if buy else (touch >= o.limit):  # type: ignore[operator]
+                px, liq = (touch, TAKER) if new else (o.limit, MAKER)
+                left[side] -= self._take(o, s, t, left[side], px, liq)  # type: ignore[arg-type]
             if o.tif in (IOC, FOK) and o.id in self._open:
-                self._close(o, CANCELLED, f"{o.tif}: not filled on its first eligible event")
+                self._close(o, CANCELLED, f"{o.tif}: not filled in full on its first eligible "
+                            "event")
 
     @staticmethod
     def _trigger(o: Order, hit: bool) -> bool:
@@ -635,13 +690,19 @@ class Engine:
         next_day = self._next_day_ns
         try:
             for t, s, p, q in zip(ts_l, sym_l, px_l, sz_l):
-                if t >= next_day:
+                if t >= next_day:  # a new day: the clock first, then expiries (callbacks)
+                    tick.ts = t
+                    fence = self._next_id  # orders from the roll's callbacks wait an event
                     self._roll_day(t)
                     next_day = self._next_day_ns
-                last[s] = p
-                tick.ts = t
-                if pending[s]:
-                    self._match(s, t, p, q)
+                    last[s] = p
+                    if pending[s]:
+                        self._match(s, t, p, q, fence)
+                else:
+                    last[s] = p
+                    tick.ts = t
+                    if pending[s]:
+                        self._match(s, t, p, q)
                 tick.symbol = symbols[s]
                 tick.price = p
                 tick.size = q
@@ -676,15 +737,17 @@ class Engine:
         where, i = "strategy", 0
         try:
             for i, (t, s, k) in enumerate(zip(ts_l, sym_l, kind_l)):
-                if t >= next_day:
+                tick.ts = t
+                fence = None
+                if t >= next_day:  # orders from the roll's callbacks wait an event
+                    fence = self._next_id
                     self._roll_day(t)
                     next_day = self._next_day_ns
-                tick.ts = t
                 if k == TRADE:
                     p = px_l[i]
                     last[s] = p
                     if pending[s]:
-                        self._match(s, t, p, sz_l[i])
+                        self._match(s, t, p, sz_l[i], fence)
                     if on_tick is not None:
                         tick.symbol, tick.price, tick.size = symbols[s], p, sz_l[i]
                         for name, values in extras:
@@ -696,7 +759,7 @@ class Engine:
                     last[s] = (b + a) * 0.5
                     quotes[s] = (b, a, bs, az)
                     if quote_model and pending[s]:
-                        self._match_quote(s, t, b, a, bs, az)
+                        self._match_quote(s, t, b, a, bs, az, fence)
                     if on_quote is not None:
                         quote.ts, quote.symbol, quote.bid, quote.ask = t, symbols[s], b, a
                         quote.bid_size, quote.ask_size = bs, az
@@ -752,7 +815,11 @@ class Engine:
         ckpt.restore_strategy(strategy, state)
         eng.portfolio = state["portfolio"]
         eng._pending = state["pending"]
-        eng._open = {o.id: o for book in eng._pending for o in book}
+        # By id, as the run built it (lifecycle callbacks iterate it in that order).
+        eng._open = {o.id: o for o in sorted((o for book in eng._pending for o in book),
+                                             key=lambda o: o.id)}
+        eng._amends = sum(1 for o in eng._open.values()
+                          if o.cancel_at is not None or o.change is not None)
         eng._next_id = state["next_id"]
         eng._day = state["day"]
         eng._next_day_ns = state["next_day_ns"]

@@ -90,7 +90,7 @@ class Order:
         self.reduce_only = reduce_only
         self.parent = parent
         self.active = active
-        self.change: tuple[int, float, float | None, float | None] | None = None
+        self.change: tuple[int, float | None, float | None, float | None] | None = None
         self.cancel_at: int | None = None
         self.seen = False
         self.suspended = False  # modified without cancel latency: off the book until it applies

@@ -83,6 +83,10 @@ class VectorPath:
         self.sized = (cfg.fill_model == "quote" or cfg.max_participation is not None
                       or eng.kinds != ("trades",))
 
+    def open_orders(self) -> int:
+        """Orders submitted from targets and not (fully) filled yet."""
+        return sum(map(len, self.carried)) + sum(map(len, self.books))
+
     def feed(self, chunk: pa.RecordBatch, n: int, counts: np.ndarray) -> None:
         """Process the first ``n`` rows of a merged chunk (``counts``: rows per symbol)."""
         if self.sized:
