@@ -373,3 +373,17 @@ def test_a_stop_limit_triggered_later_or_a_limit_modified_across_takes_the_touch
     run(b, ["A"], [events([("q", 0, 0, 99.0, 100.0), ("q", 1, 0, 99.0, 100.0),
                            ("q", 2, 0, 99.0, 100.0)])], QUOTE)
     assert b.fills == [(1, 2, 1.0, 100.0, "taker")]
+
+
+def test_an_order_sent_when_a_cancel_arrives_waits_for_a_later_event() -> None:
+    class Replacer(Bot):
+        def on_order(self, event) -> None:
+            super().on_order(event)
+            if event.status == "cancelled":
+                self.ids.append(self.order("A", 2))
+
+    b = Replacer({0: [order("A", 1, type="limit", limit=50.0)],
+                  1: [lambda b: b.cancel(b.ids[0])]}, ("trades",))
+    run(b, ["A"], [chunk([(0, 0, 100.0), (5, 0, 100.0), (15, 0, 100.0), (20, 0, 101.0)])],
+        RunConfig(latency_ns=0, cancel_latency=True))
+    assert b.fills == [(2, 20, 2.0, 101.0, "taker")]  # not on ts 15, where the cancel arrived

@@ -597,7 +597,8 @@ class Engine:
         quote_model = self._quote_model
         left = q * part if part is not None else q if quote_model else math.inf
         self._fresh = set()
-        if self._amends:
+        if self._amends:  # (orders its callbacks send wait for a later event)
+            fence = self._next_id if fence is None else fence
             self._amend(s, t)
         for o in tuple(self._pending[s]):
             if o.id in self._fresh or (fence is not None and o.id >= fence):
@@ -632,7 +633,10 @@ class Engine:
         left = [bid_size * part if part is not None else bid_size,
                 ask_size * part if part is not None else ask_size]
         self._fresh = set()
-        replaced = self._amend(s, t) if self._amends else set()
+        replaced: set[int] = set()
+        if self._amends:  # (orders its callbacks send wait for a later event)
+            fence = self._next_id if fence is None else fence
+            replaced = self._amend(s, t)
         for o in tuple(self._pending[s]):
             if o.id in self._fresh or (fence is not None and o.id >= fence):
                 continue
