@@ -68,6 +68,7 @@ from tickreplay.strategy.api import Quote, Strategy, StrategyError, Tick
 # a rule change must bump it (results and checkpoints of another version are not comparable).
 ENGINE_VERSION = "2.0"  # 2.0: quotes, fill models, partial fills, order lifecycle
 EVENT_KINDS = ("trades", "quotes")
+_LIQ_CODE = {name: i for i, name in enumerate(LIQUIDITY)}
 QUOTE, TRADE = 0, 1  # the ``kind`` column of an event stream (quotes sort first at equal ts)
 # What _live says about an order on an event: not tryable, just arrived, resting.
 _SKIP, _ARRIVED, _RESTING = 0, 1, 2
@@ -181,7 +182,8 @@ class Engine:
         self._next_id += 1
         now = self._tick.ts
         s = self._index.get(symbol)
-        reason = self._refusal(s, symbol, float(qty), type, limit, stop, tif, expire_ts,
+        reason = "" if (type == MARKET and tif != GTD and not reduce_only and s is not None) \
+            else self._refusal(s, symbol, float(qty), type, limit, stop, tif, expire_ts,
                                reduce_only and not parent, now)
         if reason:
             self._reject(oid, symbol, reason)
@@ -503,7 +505,8 @@ class Engine:
             if not arrive:
                 return _SKIP
             o.seen = True
-            self._notify(o, ACCEPTED)
+            if self._has_on_order:
+                self._notify(o, ACCEPTED)
             return _ARRIVED
         return _RESTING
 
@@ -543,11 +546,12 @@ class Engine:
         # A bracket child that caught up with a still working entry stays on the book with
         # nothing left: the entry's next fill gives it more.
         closes = done and not (o.parent and o.parent in self._open)
-        code = LIQUIDITY.index(liq)
-        (fee,) = self._record((o.id,), (o.submit_ts,), (s,), (t,), (qty,), (px,), (code,))
+        (fee,) = self._record((o.id,), (o.submit_ts,), (s,), (t,), (qty,), (px,),
+                              (_LIQ_CODE[liq],))
         if closes:
             self._close(o, FILLED)
-        self._notify(o, FILLED if closes else PARTIALLY_FILLED, "", qty, px)
+        if self._has_on_order:
+            self._notify(o, FILLED if closes else PARTIALLY_FILLED, "", qty, px)
         if self._has_on_fill:
             self.strategy.on_fill(Fill(o.id, t, self.symbols[s], qty, px, fee, liq))
         if o.oco is not None:
@@ -596,12 +600,14 @@ class Engine:
         part = self.config.max_participation
         quote_model = self._quote_model
         left = q * part if part is not None else q if quote_model else math.inf
-        self._fresh = set()
+        fresh = self._fresh
+        if fresh:
+            fresh.clear()
         if self._amends:  # (orders its callbacks send wait for a later event)
             fence = self._next_id if fence is None else fence
             self._amend(s, t)
         for o in tuple(self._pending[s]):
-            if o.id in self._fresh or (fence is not None and o.id >= fence):
+            if t < o.eligible_ts or (fence is not None and o.id >= fence) or o.id in fresh:
                 continue
             how = self._live(o, t, not quote_model)
             if how == _SKIP:
@@ -632,13 +638,15 @@ class Engine:
         part = self.config.max_participation
         left = [bid_size * part if part is not None else bid_size,
                 ask_size * part if part is not None else ask_size]
-        self._fresh = set()
+        fresh = self._fresh
+        if fresh:
+            fresh.clear()
         replaced: set[int] = set()
         if self._amends:  # (orders its callbacks send wait for a later event)
             fence = self._next_id if fence is None else fence
             replaced = self._amend(s, t)
         for o in tuple(self._pending[s]):
-            if o.id in self._fresh or (fence is not None and o.id >= fence):
+            if t < o.eligible_ts or (fence is not None and o.id >= fence) or o.id in fresh:
                 continue
             how = self._live(o, t)
             if how == _SKIP:
