@@ -85,8 +85,8 @@ async def test_a_quote_model_job_plans_quotes_and_equals_a_local_run(
 
 async def test_a_sigkilled_runner_resumes_a_quote_model_run_to_the_same_hash(
         qsettings: Settings, worker: None, tmp_path: Path) -> None:
-    # Slow enough (~4 s) that the kill lands mid-run on a loaded machine too.
-    spec = _spec(qsettings, str(STRATEGIES / "busy_momentum.py"), {"work": 1500, "every": 300})
+    # Slow enough (a few seconds) that the kill lands mid-run on a loaded machine too.
+    spec = _spec(qsettings, str(STRATEGIES / "busy_momentum.py"), {"work": 800, "every": 300})
     reference = result_hash(run_local(spec, qsettings.model_copy(
         update={"cache_dir": tmp_path / "ref"})))
     client = await jobs.connect(qsettings)
