@@ -127,7 +127,7 @@ async def test_a_sigkilled_pod_or_sandbox_resumes_from_its_checkpoint_to_the_sam
     checkpoint, and the worker keeps serving."""
     settings = psettings.model_copy(update={"runner_backend": backend})
     # Slow enough (several seconds) that the kill lands mid-run even on a loaded machine.
-    spec = _spec(settings, str(STRATEGIES / "busy_momentum.py"), {"work": 500})
+    spec = _spec(settings, str(STRATEGIES / "busy_momentum.py"), {"work": 800})
     reference = result_hash(run_local(spec, settings.model_copy(
         update={"cache_dir": tmp_path / "refcache"})))
     worker = spawn_worker(settings, tmp_path / "worker.log")

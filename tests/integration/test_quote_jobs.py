@@ -85,10 +85,8 @@ async def test_a_quote_model_job_plans_quotes_and_equals_a_local_run(
 
 async def test_a_sigkilled_runner_resumes_a_quote_model_run_to_the_same_hash(
         qsettings: Settings, worker: None, tmp_path: Path) -> None:
-    # Slow enough (a few seconds) that the kill lands mid-run on a loaded machine too.
-    spec = _spec(qsettings, str(STRATEGIES / "busy_momentum.py"), {"work": 800, "every": 300})
-    reference = result_hash(run_local(spec, qsettings.model_copy(
-        update={"cache_dir": tmp_path / "ref"})))
+    # Slow enough (several seconds) that the kill lands mid-run on a loaded machine too.
+    spec = _spec(qsettings, str(STRATEGIES / "busy_momentum.py"), {"work": 1500, "every": 300})
     client = await jobs.connect(qsettings)
     job = jobs.prepare(spec, options=JobOptions(checkpoint_every_s=0.2, **FAST_FAILOVER))
     handle = await jobs.submit(client, qsettings, job)
@@ -101,6 +99,9 @@ async def test_a_sigkilled_runner_resumes_a_quote_model_run_to_the_same_hash(
     (started,) = [e for e in jobs.job_logs(qsettings, job.job_id)["events"]
                   if e["kind"] == "runner_started"]
     os.killpg(started["pid"], signal.SIGKILL)
+    # The uninterrupted run, computed while the job resumes.
+    reference = result_hash(await asyncio.to_thread(run_local, spec, qsettings.model_copy(
+        update={"cache_dir": tmp_path / "ref"})))
     result = await asyncio.wait_for(handle.result(), 240)
     assert result.result_hash == reference
     finished = [e for e in jobs.job_logs(qsettings, job.job_id)["events"]
