@@ -140,7 +140,6 @@ class Engine:
         self.kinds = data_kinds(events, config.fill_model)
         self._wants = events
         self._quote = Quote()
-        self.quotes: list[tuple[float, float, float, float] | None] = [None] * n
         self.consumed_quotes = [0] * n
         # entry id -> [take-profit id, stop-loss id, entry filled, tp filled, sl filled]
         self._brackets: dict[int, list[float]] = {}
@@ -742,8 +741,7 @@ class Engine:
         tick, quote = self._tick, self._quote
         on_tick = self.strategy.on_tick if "trades" in self._wants else None
         on_quote = self.strategy.on_quote if "quotes" in self._wants else None
-        pending, last, symbols, quotes = self._pending, self.portfolio.last, self.symbols, \
-            self.quotes
+        pending, last, symbols = self._pending, self.portfolio.last, self.symbols
         quote_model = self._quote_model
         next_day = self._next_day_ns
         where, i = "strategy", 0
@@ -769,7 +767,6 @@ class Engine:
                 else:
                     b, a, bs, az = qb[i], qa[i], qbs[i], qas[i]
                     last[s] = (b + a) * 0.5
-                    quotes[s] = (b, a, bs, az)
                     if quote_model and pending[s]:
                         self._match_quote(s, t, b, a, bs, az, fence)
                     if on_quote is not None:
@@ -813,7 +810,6 @@ class Engine:
             "carried": self._vector.carried,
             "tick_ts": self._tick.ts,
             "started": self._started,
-            "quotes": self.quotes,
             "consumed_quotes": self.consumed_quotes,
             "brackets": self._brackets,
             "books": self._vector.books,
@@ -846,7 +842,6 @@ class Engine:
         eng.ticks_done = state["ticks_done"]
         eng.consumed = state["consumed"]
         eng._tick.ts = state["tick_ts"]
-        eng.quotes = state["quotes"]
         eng.consumed_quotes = state["consumed_quotes"]
         eng._brackets = state["brackets"]
         eng._vector.books = state["books"]
