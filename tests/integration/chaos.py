@@ -84,6 +84,7 @@ from tickreplay.jobs import operations as jobs
 from tickreplay.osutil import die_with_parent
 from tickreplay.results import result_hash
 from tickreplay.runner.driver import run_local
+from tickreplay.runner.pool import _is_runner
 from tickreplay.settings import Settings
 from tickreplay.spec import BacktestSpec
 from tickreplay.stack.seaweedfs import SeaweedFS
@@ -769,12 +770,7 @@ def _runner_pids(root: int) -> list[int]:
         pid = todo.pop()
         kids = [k for k, p in parent.items() if p == pid]
         todo += kids
-        for k in kids:
-            with contextlib.suppress(OSError):
-                argv = Path(f"/proc/{k}/cmdline").read_bytes().split(b"\0")
-                if Path(argv[0].decode(errors="replace")).name != "bwrap" and \
-                        b"tickreplay.runner.child" in argv:
-                    found.append(k)
+        found += [k for k in kids if _is_runner(k)]
     return found
 
 
